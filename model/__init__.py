@@ -1,0 +1,1 @@
+"""Plain PyTorch: configs and named sizes, the Transformer, the MDM and ARM objectives."""
