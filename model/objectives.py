@@ -37,22 +37,33 @@ def mdm_loss_given_noise(model: Transformer, tokens: torch.Tensor, p: torch.Tens
     return ce.sum(dim=1) / tokens.shape[1]
 
 
-def mdm_loss(model: Transformer, window: torch.Tensor, generator: torch.Generator,
-             eps: float = 1e-3, stochastic_length_ratio: float = 0.0) -> torch.Tensor:
-    """The MDM training loss of one micro-batch of (B, L + 1) windows.
+def draw_training_noise(global_batch: int, length: int, generator: torch.Generator, eps: float = 1e-3,
+                        stochastic_length_ratio: float = 0.0) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """The noise of one step for the whole global batch: (length used, p (B, 1), mask (B, l)).
 
     With probability `stochastic_length_ratio` the whole micro-batch is cut to a random length
-    l ~ U{1..L} (normalised by B * l), so a bidirectional model also learns short inputs.
+    l ~ U{1..L} (normalised by B * l), so a bidirectional model also learns short inputs. Drawn
+    for the global batch so that every data-parallel split sees the same noise per row.
     """
+    draw = torch.rand((), generator=generator).item()
+    cut = int(torch.randint(1, length + 1, (), generator=generator))
+    if stochastic_length_ratio > 0 and draw < stochastic_length_ratio:
+        length = cut
+    p, masked = draw_mask_noise((global_batch, length), generator, eps)
+    return length, p, masked
+
+
+def mdm_loss(model: Transformer, window: torch.Tensor, generator: torch.Generator,
+             eps: float = 1e-3, stochastic_length_ratio: float = 0.0,
+             global_batch: int | None = None, row_offset: int = 0) -> torch.Tensor:
+    """The MDM training loss of a (B, L + 1) micro-batch: rows row_offset.. of the global batch."""
     tokens = window[:, :-1]
-    length = tokens.shape[1]
-    if stochastic_length_ratio > 0:
-        draw = torch.rand((), generator=generator, device=generator.device)
-        cut = torch.randint(1, length + 1, (), generator=generator, device=generator.device)
-        if draw < stochastic_length_ratio:
-            tokens = tokens[:, : int(cut)]
-    p, masked = draw_mask_noise(tuple(tokens.shape), generator, eps, tokens.device)
-    return mdm_loss_given_noise(model, tokens, p, masked).mean()
+    rows = tokens.shape[0]
+    length, p, masked = draw_training_noise(global_batch or rows, tokens.shape[1], generator, eps,
+                                            stochastic_length_ratio)
+    p = p[row_offset:row_offset + rows].to(tokens.device)
+    masked = masked[row_offset:row_offset + rows].to(tokens.device)
+    return mdm_loss_given_noise(model, tokens[:, :length], p, masked).mean()
 
 
 def arm_token_nll(model: Transformer, window: torch.Tensor) -> torch.Tensor:
@@ -67,9 +78,10 @@ def arm_loss(model: Transformer, window: torch.Tensor) -> torch.Tensor:
 
 
 def training_loss(model: Transformer, window: torch.Tensor, generator: torch.Generator,
-                  eps: float = 1e-3, stochastic_length_ratio: float = 0.0) -> torch.Tensor:
+                  eps: float = 1e-3, stochastic_length_ratio: float = 0.0,
+                  global_batch: int | None = None, row_offset: int = 0) -> torch.Tensor:
     if model.cfg.family == "mdm":
-        return mdm_loss(model, window, generator, eps, stochastic_length_ratio)
+        return mdm_loss(model, window, generator, eps, stochastic_length_ratio, global_batch, row_offset)
     return arm_loss(model, window)
 
 

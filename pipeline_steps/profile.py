@@ -1,0 +1,65 @@
+"""`smdm-profile NAME`: write params.yaml from profiles/default.yaml merged with profiles/NAME.yaml.
+
+profiles/default.yaml holds every value; another profile holds only what it changes, merged
+key by key (a mapping merges, anything else replaces). A key a profile adds that default.yaml
+does not have is an error, so a misspelt override cannot be silently ignored, except under
+mappings that are open by design (`pretrain.groups`, per-size `lr`), which a profile replaces
+whole. The written params.yaml records which profile made it.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline_steps.files import atomic_write_text
+from pipeline_steps.params import ParamsError
+
+PROFILES = Path("profiles")
+REPLACED_WHOLE = {"pretrain.groups"}
+
+
+def merge(base: dict[str, Any], override: dict[str, Any], where: str = "") -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        path = f"{where}.{key}" if where else key
+        if key not in base:
+            raise ParamsError(f"{path}: not a key of profiles/default.yaml (misspelt?)")
+        if path not in REPLACED_WHOLE and isinstance(value, dict) and isinstance(base[key], dict):
+            merged[key] = merge(base[key], value, path)
+        else:
+            merged[key] = value
+    return merged
+
+
+def render(name: str, folder: Path = PROFILES) -> dict[str, Any]:
+    """The full params of profile `name`."""
+    default = yaml.safe_load((folder / "default.yaml").read_text())
+    if name == "default":
+        return default
+    path = folder / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ParamsError(f"{path}: no such profile; profiles: {known}")
+    return merge(default, yaml.safe_load(path.read_text()) or {})
+
+
+def write_params(name: str, out: Path = Path("params.yaml"), folder: Path = PROFILES) -> None:
+    params = render(name, folder)
+    header = f"# Written by `smdm-profile {name}` from profiles/: edit the profile, not this file.\n"
+    atomic_write_text(out, header + yaml.safe_dump(params, sort_keys=False, width=100))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help="profile: debug, default, cpu-study, paper (a file in profiles/)")
+    parser.add_argument("--out", default="params.yaml", help="params file to write")
+    args = parser.parse_args(argv)
+    write_params(args.name, Path(args.out))
+    print(f"params.yaml <- profiles/{args.name}.yaml")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Stage `shards`: tokenize the corpus with every core and pack it into memmap shards.
+
+Each split is one stream of documents, each encoded as BOS + text + EOS, written into fixed-size
+shard files (`<split>_<k>.bin`, dtype uint16 when the vocabulary fits, else uint32). meta.json
+makes the folder self-describing: vocabulary, tokenizer hash, dtype, token and document counts.
+Nothing is dropped here; the training loader counts the tail it cannot fill a window with.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import sentencepiece as spm
+from tqdm import tqdm
+
+from pipeline_steps.files import atomic_write_json, replace_dir, sha256_file, staging_dir
+from pipeline_steps.params import load_config
+from pipeline_steps.tracking import Tracker
+
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class ShardsConfig:
+    """How the corpus is tokenized and packed."""
+
+    shard_tokens: int = 50_000_000
+    """Tokens per shard file (the last one holds the rest)."""
+    workers: int = 0
+    """Encoding processes; 0 = one per core."""
+    docs_per_task: int = 256
+    """Documents sent to a worker at a time (amortises inter-process overhead)."""
+
+    def __post_init__(self) -> None:
+        if self.shard_tokens < 1:
+            raise ValueError(f"shard_tokens must be positive, got {self.shard_tokens}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.docs_per_task < 1:
+            raise ValueError(f"docs_per_task must be positive, got {self.docs_per_task}")
+
+
+_processor: spm.SentencePieceProcessor | None = None
+
+
+def _load_processor(model_file: str) -> None:
+    global _processor
+    _processor = spm.SentencePieceProcessor(model_file=model_file)
+
+
+def _encode_batch(texts: list[str]) -> np.ndarray:
+    """BOS + ids + EOS for each text, concatenated (runs in a worker)."""
+    ids = _processor.encode(texts)
+    bos, eos = _processor.bos_id(), _processor.eos_id()
+    return np.fromiter((t for doc in ids for t in (bos, *doc, eos)), dtype=np.int64)
+
+
+def _text_batches(corpus_file: Path, size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    with open(corpus_file) as handle:
+        for row in handle:
+            batch.append(json.loads(row)["text"])
+            if len(batch) == size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+class ShardWriter:
+    """Appends token arrays to `<split>_<k>.bin` files, rolling over every `shard_tokens`."""
+
+    def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
+        self.folder, self.split, self.dtype, self.shard_tokens = folder, split, dtype, shard_tokens
+        self.shards: list[dict] = []
+        self._handle = None
+        self._in_shard = 0
+
+    def _roll(self) -> None:
+        if self._handle:
+            self._handle.close()
+        name = f"{self.split}_{len(self.shards):04d}.bin"
+        self.shards.append({"file": name, "tokens": 0})
+        self._handle = open(self.folder / name, "wb")
+        self._in_shard = 0
+
+    def write(self, tokens: np.ndarray) -> None:
+        while tokens.size:
+            if self._handle is None or self._in_shard == self.shard_tokens:
+                self._roll()
+            take = min(tokens.size, self.shard_tokens - self._in_shard)
+            self._handle.write(tokens[:take].astype(self.dtype).tobytes())
+            self.shards[-1]["tokens"] += take
+            self._in_shard += take
+            tokens = tokens[take:]
+
+    def close(self) -> None:
+        if self._handle:
+            self._handle.close()
+
+
+def encode_split(corpus_file: Path, writer: ShardWriter, model_file: Path, cfg: ShardsConfig) -> int:
+    """Encode one split in order with a pool of workers; returns the number of documents."""
+    workers = cfg.workers or os.cpu_count() or 1
+    documents = 0
+    total_bytes = corpus_file.stat().st_size
+    with mp.get_context("spawn").Pool(workers, _load_processor, (str(model_file),)) as pool, \
+            tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"shards {corpus_file.stem}") as bar:
+        batches = _text_batches(corpus_file, cfg.docs_per_task)
+        for texts, tokens in zip_batches(batches, pool):
+            writer.write(tokens)
+            documents += len(texts)
+            bar.update(sum(len(t.encode()) for t in texts) + 60 * len(texts))
+    writer.close()
+    return documents
+
+
+def zip_batches(batches: Iterator[list[str]], pool) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Yield (texts, tokens) in corpus order while workers encode ahead (imap keeps order)."""
+    kept: list[list[str]] = []
+
+    def remember() -> Iterator[list[str]]:
+        for batch in batches:
+            kept.append(batch)
+            yield batch
+
+    for tokens in pool.imap(_encode_batch, remember(), chunksize=1):
+        yield kept.pop(0), tokens
+
+
+def run(cfg: ShardsConfig, corpus_dir: Path, tokenizer_dir: Path, out_dir: Path,
+        tracker: Tracker) -> dict[str, float]:
+    model_file = Path(tokenizer_dir) / "tokenizer.model"
+    vocab = spm.SentencePieceProcessor(model_file=str(model_file)).get_piece_size()
+    dtype = np.dtype(np.uint16 if vocab < 2**16 else np.uint32)
+    stage = staging_dir(out_dir)
+    meta = {"vocab_size": vocab, "tokenizer_sha256": sha256_file(model_file), "dtype": dtype.name,
+            "corpus_sha256": {}, "splits": {}}
+    metrics: dict[str, float] = {}
+    for split in SPLITS:
+        corpus_file = Path(corpus_dir) / f"{split}.jsonl"
+        if not corpus_file.exists():
+            raise FileNotFoundError(f"{corpus_file}: missing corpus split {split!r}")
+        writer = ShardWriter(stage, split, dtype, cfg.shard_tokens)
+        documents = encode_split(corpus_file, writer, model_file, cfg)
+        tokens = sum(s["tokens"] for s in writer.shards)
+        if tokens == 0:
+            raise ValueError(f"{corpus_file}: no tokens (empty corpus split {split!r})")
+        meta["corpus_sha256"][split] = sha256_file(corpus_file)
+        meta["splits"][split] = {"documents": documents, "tokens": tokens, "shards": writer.shards}
+        metrics[f"{split}/tokens"] = float(tokens)
+        metrics[f"{split}/documents"] = float(documents)
+    meta["data_hash"] = sha256_of_json(meta["corpus_sha256"] | {"tokenizer": meta["tokenizer_sha256"]})
+    atomic_write_json(stage / "meta.json", meta)
+    replace_dir(stage, Path(out_dir))
+    tracker.log_metrics(metrics)
+    return metrics
+
+
+def sha256_of_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="params file (section `shards`)")
+    parser.add_argument("--corpus", default="data/corpus", help="folder with train.jsonl and val.jsonl")
+    parser.add_argument("--tokenizer", default="data/tokenizer", help="folder with tokenizer.model")
+    parser.add_argument("--out", default="data/shards", help="output folder (shards + meta.json)")
+    parser.add_argument("--metrics", default="metrics/shards.json", help="metrics JSON to write")
+    args = parser.parse_args(argv)
+    cfg = load_config(ShardsConfig, "shards", args.params)
+    from pipeline_steps.run_tracking import stage_tracker
+
+    with stage_tracker("shards") as tracker:
+        metrics = run(cfg, Path(args.corpus), Path(args.tokenizer), Path(args.out), tracker)
+    atomic_write_json(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    main()

