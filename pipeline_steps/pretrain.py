@@ -84,6 +84,8 @@ class GroupConfig:
 
     family: str
     """`mdm` or `arm`."""
+    kind: str
+    """`grid` (an IsoFLOP slice the scaling fit reads) or `base` (a model for later stages)."""
     flops: float
     """Budget C = 6 N D per run."""
     sizes: tuple[str, ...]
@@ -96,6 +98,8 @@ class GroupConfig:
     def __post_init__(self) -> None:
         if self.family not in ("mdm", "arm"):
             raise ValueError(f"family must be 'mdm' or 'arm', got {self.family!r}")
+        if self.kind not in ("grid", "base"):
+            raise ValueError(f"kind must be 'grid' or 'base', got {self.kind!r}")
         if self.flops <= 0:
             raise ValueError(f"flops must be positive, got {self.flops}")
         if not self.sizes:
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", default="data/shards", help="shard folder with meta.json")
     parser.add_argument("--tokenizer", default="data/tokenizer", help="folder with tokenizer.model")
     parser.add_argument("--out", help="artifact folder (default models/pretrain/<group>)")
-    parser.add_argument("--runs", help="run records JSONL (default runs/pretrain/<group>.jsonl)")
+    parser.add_argument("--runs", help="run records JSONL (default runs/<kind>/<group>.jsonl)")
     parser.add_argument("--metrics", help="metrics JSON (default metrics/pretrain/<group>.json)")
     args = parser.parse_args(argv)
     cfg = load_pretrain_config(args.params)
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     with stage_tracker(f"pretrain@{args.group}", {"family": group.family}) as tracker:
         records = run_group(cfg, args.group, Path(args.shards), Path(args.tokenizer),
                             Path(args.out or f"models/pretrain/{args.group}"), tracker)
-    atomic_write_text(args.runs or f"runs/pretrain/{args.group}.jsonl",
+    atomic_write_text(args.runs or f"runs/{group.kind}/{args.group}.jsonl",
                       "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     metrics = {f"{r['size']}/{k}": r[k] for r in records for k in ("train/loss", "val/loss", "val/loss_stderr")}
     atomic_write_json(args.metrics or f"metrics/pretrain/{args.group}.json", metrics)
