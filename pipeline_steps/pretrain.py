@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline_steps.files import atomic_write_json, atomic_write_text
 from pipeline_steps.params import ParamsError, build_config, load_params, section
+from pipeline_steps.tracking import NullTracker
 from pipeline_steps.training_system import OptimConfig
 
 
@@ -148,6 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline_steps.run_tracking import stage_tracker
 
     group = cfg.groups[args.group]
+    # Lightning's DDP launcher re-runs this command for ranks > 0: they train and write nothing.
+    if int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
+        run_group(cfg, args.group, Path(args.shards), Path(args.tokenizer),
+                  Path(args.out or f"models/pretrain/{args.group}"), NullTracker())
+        return
     with stage_tracker(f"pretrain@{args.group}", {"family": group.family}) as tracker:
         records = run_group(cfg, args.group, Path(args.shards), Path(args.tokenizer),
                             Path(args.out or f"models/pretrain/{args.group}"), tracker)

@@ -57,8 +57,8 @@ def validate(model: Transformer, cfg: PretrainConfig, shards: Path, tokenizer_sh
 
 
 def train_one(cfg: PretrainConfig, group: GroupConfig, size: str, shards: Path, tokenizer: Path,
-              out_dir: Path, tracker: Tracker) -> dict:
-    """Train, validate and save one run; returns its run record."""
+              out_dir: Path, tracker: Tracker) -> dict | None:
+    """Train, validate and save one run; returns its run record (None on ranks other than 0)."""
     tokenizer_file = tokenizer / "tokenizer.model"
     tokenizer_sha = sha256_file(tokenizer_file)
     stream = open_split(shards, "train", tokenizer_sha)
@@ -98,7 +98,7 @@ def train_one(cfg: PretrainConfig, group: GroupConfig, size: str, shards: Path, 
               "stochastic_length_ratio": group.stochastic_length_ratio, "run_key": key,
               "resumed": resumed}
     if trainer.global_rank != 0:
-        return record
+        return None  # rank 0 validates and saves; the other ranks only trained
     record["train/loss"] = sum(system.recent_losses[-20:]) / max(1, len(system.recent_losses[-20:]))
     record["val/loss"], record["val/loss_stderr"] = validate(model, cfg, shards, tokenizer_sha)
     matmul = training_matmul_flops(model_cfg, train.global_batch, train.seq_len) * steps
@@ -125,8 +125,11 @@ def lightning_logger(tracker: Tracker):
 
 
 def run_group(cfg: PretrainConfig, name: str, shards: Path, tokenizer: Path, out_dir: Path,
-              tracker: Tracker) -> list[dict]:
-    """Every run of the group in order; runs already finished (run.json present) are kept."""
+              tracker: Tracker) -> list[dict] | None:
+    """Every run of the group in order; runs already finished (run.json present) are kept.
+
+    Returns None on data-parallel ranks other than 0, which train but write nothing.
+    """
     group = cfg.groups[name]
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -140,6 +143,8 @@ def run_group(cfg: PretrainConfig, name: str, shards: Path, tokenizer: Path, out
         with child_tracker(tracker, f"{group.family}-{size}-{name}",
                            {"family": group.family, "size": size, "smdm_stage": f"pretrain@{name}"}) as run:
             records.append(train_one(cfg, group, size, shards, tokenizer, out_dir, run))
+    if any(r is None for r in records):
+        return None
     for stale in set(p.name for p in out_dir.iterdir() if p.is_dir()) - set(group.sizes):
         shutil.rmtree(out_dir / stale)
     return records

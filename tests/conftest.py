@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny synthetic corpus, a tokenizer trained on it and its shards."""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("SMDM_TRACKING", "off")  # stages in tests use NullTracker unless a test opts in
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at "
+         "which but have an they you were her she there one all we their house river light").split()
+
+
+def write_corpus(folder: Path, n_train: int = 120, n_val: int = 20, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("val", n_val)):
+        with open(folder / f"{split}.jsonl", "w") as handle:
+            for i in range(n):
+                lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 15))) + "." for _ in range(8)]
+                row = {"id": f"{split}-{i}", "source": "synthetic", "year": 2000, "text": "\n".join(lines)}
+                handle.write(json.dumps(row) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    """data/corpus, data/tokenizer and data/shards for a synthetic corpus (session-shared, read-only)."""
+    from pipeline_steps import shards, tokenizer
+    from pipeline_steps.tracking import NullTracker
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    corpus = write_corpus(root / "corpus")
+    tokenizer.run(tokenizer.TokenizerConfig(vocab_size=320), corpus, root / "tokenizer", NullTracker())
+    shards.run(shards.ShardsConfig(shard_tokens=5000, workers=2), corpus, root / "tokenizer",
+               root / "shards", NullTracker())
+    return {"corpus": corpus, "tokenizer": root / "tokenizer", "shards": root / "shards", "root": root}

@@ -1,0 +1,120 @@
+"""Training runs end to end through the stage CLI: records, artifacts, kill + resume, DDP."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from model.artifact import load_artifact
+from pipeline_steps.profile import render
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORD_KEYS = {"family", "size", "n_params", "flops", "tokens", "steps", "train/loss", "val/loss",
+               "val/loss_stderr", "data_hash", "tokenizer_hash", "seconds"}
+
+
+def write_params(folder: Path, group: dict, **train) -> Path:
+    params = render("default", ROOT / "profiles")
+    params["pretrain"]["train"].update({"seq_len": 16, "global_batch": 4, "checkpoint_every": 10,
+                                        "log_every": 5, "checkpoint_dir": str(folder / "ckpt"),
+                                        "threads": 1, **train})
+    params["pretrain"]["optim"]["min_warmup_steps"] = 3
+    params["pretrain"]["validation"].update({"windows": 8, "mc_samples": 4, "batch_size": 8})
+    params["pretrain"]["groups"] = {"g": group}
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def pretrain_cmd(folder: Path, params: Path, data: dict) -> list[str]:
+    return [sys.executable, "-m", "pipeline_steps.pretrain", "--group", "g", "--params", str(params),
+            "--shards", str(data["shards"]), "--tokenizer", str(data["tokenizer"]),
+            "--out", str(folder / "models"), "--runs", str(folder / "runs.jsonl"),
+            "--metrics", str(folder / "metrics.json")]
+
+
+def run_cli(folder, params, data, **kwargs):
+    env = {**os.environ, "SMDM_TRACKING": "off", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(pretrain_cmd(folder, params, data), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+@pytest.mark.slow
+def test_group_writes_records_artifacts_and_metrics(tiny_data, tmp_path):
+    group = {"family": "mdm", "kind": "grid", "flops": 6.0e7, "sizes": ["16k", "33k"]}
+    out = run_cli(tmp_path, write_params(tmp_path, group), tiny_data)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(line) for line in open(tmp_path / "runs.jsonl")]
+    assert [r["size"] for r in records] == ["16k", "33k"]
+    for r in records:
+        assert RECORD_KEYS <= set(r)
+        assert r["flops"] == pytest.approx(6 * r["n_params"] * r["tokens"])
+        assert r["tokens"] == r["steps"] * 4 * 16 and r["val/loss_stderr"] > 0
+    model, config = load_artifact(tmp_path / "models" / "16k")
+    assert config["family"] == "mdm" and config["mask_id"] == config["vocab_size"] == 320
+    assert model.count_non_embedding_params() == records[0]["n_params"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["33k/val/loss"] == records[1]["val/loss"]
+    assert not list((tmp_path / "ckpt").glob("*/last.ckpt"))  # resume checkpoints cleaned up
+
+
+def wait_for_checkpoint(folder: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        ckpts = list(folder.glob("ckpt/*/last.ckpt"))
+        if ckpts and ckpts[0].stat().st_size > 0:
+            time.sleep(0.3)  # let the write finish
+            return
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared before the run ended")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(tiny_data, tmp_path):
+    group = {"family": "mdm", "kind": "base", "flops": 2.5e8, "sizes": ["16k"]}  # ~240 steps
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for folder in (straight, killed):
+        folder.mkdir()
+    assert run_cli(straight, write_params(straight, group), tiny_data).returncode == 0
+
+    params = write_params(killed, group)
+    env = {**os.environ, "SMDM_TRACKING": "off", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(pretrain_cmd(killed, params, tiny_data), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_checkpoint(killed, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "runs.jsonl").exists()
+    resumed = run_cli(killed, params, tiny_data)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads((killed / "runs.jsonl").read_text())
+    assert record["resumed"] is True
+    a = load_file(straight / "models" / "16k" / "model.safetensors")
+    b = load_file(killed / "models" / "16k" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_rank_with_the_whole_batch(tiny_data, tmp_path):
+    group = {"family": "mdm", "kind": "base", "flops": 3.0e7, "sizes": ["16k"]}
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder in (one, two):
+        folder.mkdir()
+    assert run_cli(one, write_params(one, group, global_batch=8), tiny_data).returncode == 0
+    out = run_cli(two, write_params(two, group, global_batch=8, devices=2, strategy="ddp"), tiny_data)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r1 = json.loads((one / "runs.jsonl").read_text())
+    r2 = json.loads((two / "runs.jsonl").read_text())
+    assert r1["steps"] == r2["steps"] and r1["val/loss"] == pytest.approx(r2["val/loss"], rel=1e-4)
+    a = load_file(one / "models" / "16k" / "model.safetensors")
+    b = load_file(two / "models" / "16k" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
