@@ -11,6 +11,11 @@ import pytest
 os.environ.setdefault("SMDM_TRACKING", "off")  # stages in tests use NullTracker unless a test opts in
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+import torch  # noqa: E402
+
+# Tiny models on 2 shared cores: extra intra-op threads only add contention.
+torch.set_num_threads(1)
+
 WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at "
          "which but have an they you were her she there one all we their house river light").split()
 

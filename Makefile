@@ -1,0 +1,28 @@
+# The README's commands. `make run` installs and runs the whole DAG (PROFILE=default);
+# `make test` installs and runs every test. Both create .venv on first use.
+VENV ?= .venv
+PROFILE ?= default
+PYTEST_ARGS ?=
+BIN := $(abspath $(VENV))/bin
+# DVC stage commands call `python`: make it the project's interpreter.
+export PATH := $(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install run test
+
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	smdm-profile $(PROFILE)
+	dvc repro
+	@echo "Outputs: data/ models/ runs/ reports/ metrics/ ; tracking: mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
+
+test: install
+	python -m pytest -m "" $(PYTEST_ARGS)

