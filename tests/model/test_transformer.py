@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from model.config import config_for
@@ -62,3 +63,19 @@ def test_too_long_input_is_an_error():
         assert "context 8" in str(err)
     else:
         raise AssertionError("expected a ValueError")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_flash_attention_agrees_with_sdpa_in_bf16():
+    import torch.nn.functional as F
+
+    from model import transformer
+
+    if transformer.flash_attn_func is None:
+        pytest.skip("flash-attn is not installed (pip install -e '.[flash]')")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 256, 64, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    for causal in (False, True):
+        reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
+        torch.testing.assert_close(attend(q, k, v, causal).float(), reference, atol=2e-2, rtol=2e-2)
