@@ -121,6 +121,11 @@ class Transformer(nn.Module):
             nn.init.normal_(block.mlp.down.weight, std=1 / (math.sqrt(d) * n_layer))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(tokens))  # (B, L, V)
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final normed hidden states (B, L, d): callers that need logits at a few positions
+        only (the MDM loss: masked ones) apply `self.head` to those and skip the rest."""
         length = tokens.shape[1]
         if length > self.cfg.context:
             raise ValueError(f"sequence length {length} exceeds the model's context {self.cfg.context}")
@@ -128,7 +133,7 @@ class Transformer(nn.Module):
         x = self.embed(tokens)  # (B, L, d)
         for block in self.blocks:
             x = block(x, cos, sin)
-        return self.head(self.norm(x))  # (B, L, V)
+        return self.norm(x)
 
     def count_non_embedding_params(self) -> int:
         """Parameters outside the embedding and the head: must equal cfg.n_params."""

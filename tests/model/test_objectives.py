@@ -107,8 +107,11 @@ def test_mdm_loss_normalises_by_all_tokens_not_masked_ones():
     class Uniform(nn.Module):
         cfg = ModelConfig(n_layer=1, n_head=1, d_model=2, d_ffn=2, vocab_size=5, context=64)
 
-        def forward(self, x):
-            return torch.zeros(*x.shape, 5)
+        def features(self, x):
+            return torch.zeros(*x.shape, 1)
+
+        def head(self, h):
+            return torch.zeros(*h.shape[:-1], 5)
 
     gen = torch.Generator().manual_seed(0)
     window = torch.randint(0, 5, (4000, 65), generator=gen)
@@ -127,7 +130,7 @@ def test_stochastic_length_cuts_some_batches():
     def spy(module, inputs):
         seen.add(inputs[0].shape[1])
 
-    model.register_forward_pre_hook(spy)
+    model.embed.register_forward_pre_hook(spy)
     gen = torch.Generator().manual_seed(0)
     window = torch.randint(0, 10, (2, 17))
     for _ in range(40):
