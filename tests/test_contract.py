@@ -12,13 +12,14 @@ from pipeline_steps.pretrain import PretrainConfig
 from pipeline_steps.profile import merge, render
 from pipeline_steps.scaling import ScalingConfig
 from pipeline_steps.shards import ShardsConfig
+from pipeline_steps.tasks import TasksConfig
 from pipeline_steps.tokenizer import TokenizerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "shards": ShardsConfig,
+SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "shards": ShardsConfig, "tasks": TasksConfig,
             "pretrain": PretrainConfig, "scaling": ScalingConfig}
 PROFILES = sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml"))
-STAGE_MODULES = ["corpus", "tokenizer", "shards", "pretrain", "scaling", "profile"]
+STAGE_MODULES = ["corpus", "tokenizer", "shards", "tasks", "pretrain", "scaling", "profile"]
 
 
 def test_the_four_profiles_exist():
