@@ -82,10 +82,11 @@ _PAPER_SHAPES = {
     "1476M": (22, 16, 2048, 8192), "1678M": (25, 16, 2048, 8192), "2121M": (28, 17, 2176, 8704),
 }
 
-# CPU-sized shapes (ffn = 4 d), roughly 2x apart in N; named by their N like the paper's sizes.
+# CPU-sized shapes (n_layer, n_head, d) with ffn = 4 d, named by their N like the paper's sizes:
+# 16k ... 4.72M, about 2x apart, for IsoFLOP grids spanning 8x or more in N on 2 cores.
 _CPU_SHAPES = [
-    (1, 2, 32), (2, 2, 32), (2, 3, 48), (3, 4, 64), (4, 4, 80),
-    (4, 6, 96), (5, 8, 128), (6, 8, 160), (8, 8, 192),
+    (1, 2, 32), (1, 2, 36), (2, 2, 32), (2, 2, 36), (2, 2, 40), (2, 3, 48), (2, 4, 56),
+    (3, 4, 64), (4, 4, 80), (4, 6, 96), (4, 4, 112), (5, 8, 128), (6, 8, 160), (8, 8, 192),
 ]
 
 
