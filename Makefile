@@ -9,12 +9,12 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install run test
+.PHONY: install run flow stop test
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[dev,eval,browser]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,5 +24,14 @@ run: install
 	dvc repro
 	@echo "Outputs: data/ models/ runs/ reports/ metrics/ ; tracking: mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 
+# The same DAG as a Prefect flow run: local Prefect + MLflow servers, deployment smdm/full-paper.
+flow: install
+	smdm-run --profile $(PROFILE)
+
+stop:
+	smdm-stop
+
+# The browser test drives Debian's Chromium; install it when missing (CI runs as root).
 test: install
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) || true
 	python -m pytest -m "" $(PYTEST_ARGS)

@@ -3,7 +3,9 @@ training run inside a grouped stage), linked by the `mlflow.parentRunId` tag acr
 
 The tracking URI comes from MLFLOW_TRACKING_URI, else the SQLite store `mlflow.db` in the
 project folder. The parent is SMDM_PARENT_RUN_ID when an orchestrator set it; under plain
-`dvc repro` it is found or created by the key (git commit, params.yaml hash).
+`dvc repro` it is found or created by the key (git commit, params.yaml hash). When the
+orchestrator already opened the stage's run (SMDM_STAGE_RUN_ID, the Prefect flow does, so that
+it can also record stages DVC skips), the stage writes into that run instead of a new one.
 SMDM_TRACKING=off gives a NullTracker (tests, dry runs).
 """
 from __future__ import annotations
@@ -20,21 +22,26 @@ from pipeline_steps.tracking import NullTracker, Tracker
 EXPERIMENT = os.environ.get("SMDM_EXPERIMENT", "smdm")
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+def tracking_enabled() -> bool:
+    return os.environ.get("SMDM_TRACKING", "on").lower() not in ("off", "0", "false")
 
 
-def git_state() -> dict[str, str]:
+def tracking_uri(root: str | Path | None = None) -> str:
+    folder = Path(root) if root is not None else Path.cwd()
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder.resolve() / 'mlflow.db'}"
+
+
+def git_state(root: str | Path | None = None) -> dict[str, str]:
     """Commit and dirty flag of the working tree (unknown outside a git repository)."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=root).stdout.strip()
 
     commit = git("rev-parse", "HEAD") or "unknown"
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     return {"git_commit": commit, "git_dirty": str(dirty).lower()}
 
 
-def params_hash(path: str = "params.yaml") -> str:
+def params_hash(path: str | Path = "params.yaml") -> str:
     data = Path(path).read_bytes() if Path(path).exists() else b""
     return hashlib.sha256(data).hexdigest()[:16]
 
@@ -72,14 +79,22 @@ class MlflowTracker:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
 
-def _experiment_id(client) -> str:
+def experiment_id(client, root: str | Path | None = None) -> str:
+    """The project's experiment, created on first use."""
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id
     location = None
-    if not client.tracking_uri.startswith("http"):
-        location = (Path.cwd() / "mlartifacts").as_uri()
+    if not client.tracking_uri.startswith("http"):  # a tracking server picks its own artifact root
+        location = ((Path(root) if root is not None else Path.cwd()).resolve() / "mlartifacts").as_uri()
     return client.create_experiment(EXPERIMENT, artifact_location=location)
+
+
+def open_client(root: str | Path | None = None):
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    return MlflowClient(tracking_uri=tracking_uri(root))
 
 
 def parent_run_id(client, experiment_id: str) -> str:
@@ -98,44 +113,57 @@ def parent_run_id(client, experiment_id: str) -> str:
 
 
 @contextlib.contextmanager
-def stage_tracker(stage: str, tags: dict[str, str] | None = None) -> Iterator[Tracker]:
-    """A child run of the pipeline run for one stage; FAILED if the stage raises."""
-    if os.environ.get("SMDM_TRACKING", "on").lower() in ("off", "0", "false"):
-        yield NullTracker()
-        return
-    from mlflow.tracking import MlflowClient
-
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    client = MlflowClient(tracking_uri=tracking_uri())
-    experiment_id = _experiment_id(client)
-    parent = parent_run_id(client, experiment_id)
-    run_tags = {"mlflow.parentRunId": parent, "mlflow.runName": stage, "smdm_stage": stage,
-                "smdm_kind": "stage", **git_state(), **(tags or {})}
-    run = client.create_run(experiment_id, tags=run_tags)
-    tracker = MlflowTracker(client, run.info.run_id)
+def _run_status(client, run_id: str) -> Iterator[None]:
+    """Ends the run FINISHED, or FAILED if the block raises (then re-raises)."""
     try:
-        yield tracker
+        yield
     except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
+        client.set_terminated(run_id, "FAILED")
         raise
-    client.set_terminated(run.info.run_id, "FINISHED")
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _with_data_hash(tags: dict[str, str], data_hash: str | None) -> dict[str, str]:
+    return {**tags, "data_hash": data_hash} if data_hash else tags
 
 
 @contextlib.contextmanager
-def child_tracker(parent: Tracker, name: str, tags: dict[str, str] | None = None) -> Iterator[Tracker]:
+def stage_tracker(stage: str, tags: dict[str, str] | None = None,
+                  data_hash: str | None = None) -> Iterator[Tracker]:
+    """A child run of the pipeline run for one stage; FAILED if the stage raises.
+
+    `data_hash` (a hash of the stage's input data, when the stage knows it) becomes the run's
+    `data_hash` tag.
+    """
+    if not tracking_enabled():
+        yield NullTracker()
+        return
+    client = open_client()
+    run_tags = _with_data_hash({"mlflow.runName": stage, "smdm_stage": stage, "smdm_kind": "stage",
+                                "smdm_status": "ran", **git_state(), **(tags or {})}, data_hash)
+    given = os.environ.get("SMDM_STAGE_RUN_ID")
+    if given:  # opened by the flow task, already a child of the pipeline run
+        run_id = given
+        MlflowTracker(client, run_id).set_tags(run_tags)
+    else:
+        experiment = experiment_id(client)
+        run_tags["mlflow.parentRunId"] = parent_run_id(client, experiment)
+        run_id = client.create_run(experiment, tags=run_tags).info.run_id
+    with _run_status(client, run_id):
+        yield MlflowTracker(client, run_id)
+
+
+@contextlib.contextmanager
+def child_tracker(parent: Tracker, name: str, tags: dict[str, str] | None = None,
+                  data_hash: str | None = None) -> Iterator[Tracker]:
     """A run nested under a stage's run (one per training run of a grouped stage)."""
     if not isinstance(parent, MlflowTracker):
         yield NullTracker()
         return
     client = parent.client
-    experiment_id = client.get_run(parent.run_id).info.experiment_id
-    run_tags = {"mlflow.parentRunId": parent.run_id, "mlflow.runName": name, "smdm_kind": "training_run",
-                **git_state(), **(tags or {})}
-    run = client.create_run(experiment_id, tags=run_tags)
-    tracker = MlflowTracker(client, run.info.run_id)
-    try:
-        yield tracker
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
-        raise
-    client.set_terminated(run.info.run_id, "FINISHED")
+    experiment = client.get_run(parent.run_id).info.experiment_id
+    run_tags = _with_data_hash({"mlflow.parentRunId": parent.run_id, "mlflow.runName": name,
+                                "smdm_kind": "training_run", **git_state(), **(tags or {})}, data_hash)
+    run_id = client.create_run(experiment, tags=run_tags).info.run_id
+    with _run_status(client, run_id):
+        yield MlflowTracker(client, run_id)

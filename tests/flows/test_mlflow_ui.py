@@ -1,0 +1,70 @@
+"""The MLflow UI of a finished flow run, as a person sees it: headless Chromium (Debian's
+chromium + chromium-driver) driven by selenium, screenshots kept under the artifacts folder."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.flows import mlflow_api
+from tests.flows.toy_repo import REPORT_SCORE, STAGES
+
+pytestmark = pytest.mark.slow
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1400,1000")
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: apt-get install -y chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))  # no driver download
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait_for_text(driver, *texts: str, timeout: float = 60) -> str:
+    """The page's visible text once it shows every one of `texts` (the UI renders late)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(lambda d: all(t in d.find_element("tag name", "body").text for t in texts))
+    return driver.find_element("tag name", "body").text
+
+
+def test_mlflow_ui_shows_the_pipeline_run_its_stages_and_a_metric(stack, up_run, browser, artifacts):
+    from selenium.webdriver.common.by import By
+
+    base = stack.mlflow_url
+    experiment = mlflow_api.experiment_id(base)
+    parent, children = mlflow_api.pipeline_run(base, up_run.flow_run_id)
+    parent_name = parent["info"]["run_name"]
+
+    browser.get(f"{base}/#/experiments/{experiment}/runs")
+    wait_for_text(browser, "smdm", parent_name)
+    # Child runs are nested under their parent: the runs table lists them once it is expanded.
+    expander = browser.find_element(
+        By.XPATH, f"//a[normalize-space()='{parent_name}']/ancestor::div[@role='gridcell'][1]//button")
+    expander.click()
+    wait_for_text(browser, *STAGES)
+    assert all(browser.find_elements(By.LINK_TEXT, stage) for stage in STAGES)
+    browser.save_screenshot(str(artifacts / "mlflow-runs.png"))
+
+    report_id = children["report"]["info"]["run_id"]
+    browser.get(f"{base}/#/experiments/{experiment}/runs/{report_id}")
+    page = wait_for_text(browser, "Parent run", parent_name, "score", str(REPORT_SCORE))
+    metric = browser.find_element(By.XPATH, "//*[normalize-space()='score']")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", metric)
+    browser.save_screenshot(str(artifacts / "mlflow-report-run.png"))
+    assert "smdm_status" in page and "Finished" in page
+    assert (artifacts / "mlflow-report-run.png").stat().st_size > 10_000
