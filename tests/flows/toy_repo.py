@@ -82,7 +82,9 @@ IGNORED = "/.smdm/\nmlflow.db\n/mlartifacts/\nruns.log\nFAIL-*\n/remote/\n"
 
 
 def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    # Stage commands call `python`: make it this interpreter, venv activated or not.
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{cmd} failed in {cwd}:\n{done.stdout}\n{done.stderr}")
