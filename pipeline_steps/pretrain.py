@@ -53,7 +53,8 @@ class TrainConfig:
     keep_checkpoints: bool = False
     """Keep resume checkpoints after a run finishes (large at paper scale)."""
     threads: int = 0
-    """torch intra-op threads on CPU; 0 = leave torch's default."""
+    """torch intra-op threads on CPU; 0 = torch's default (tiny models on a busy 2-core machine
+    run several times faster with 1: see benchmarks/RESULTS.md)."""
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "global_batch", "devices", "num_nodes", "checkpoint_every", "log_every"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -35,7 +36,7 @@ class ShardsConfig:
     """Tokens per shard file (the last one holds the rest)."""
     workers: int = 0
     """Encoding processes; 0 = one per core."""
-    docs_per_task: int = 256
+    docs_per_task: int = 64
     """Documents sent to a worker at a time (amortises inter-process overhead)."""
 
     def __post_init__(self) -> None:
@@ -56,10 +57,10 @@ def _load_processor(model_file: str) -> None:
 
 
 def _encode_batch(texts: list[str]) -> np.ndarray:
-    """BOS + ids + EOS for each text, concatenated (runs in a worker)."""
-    ids = _processor.encode(texts)
-    bos, eos = _processor.bos_id(), _processor.eos_id()
-    return np.fromiter((t for doc in ids for t in (bos, *doc, eos)), dtype=np.int64)
+    """BOS + ids + EOS for each text, concatenated (runs in a worker; one thread each, since
+    the pool already uses every core)."""
+    ids = _processor.encode(texts, add_bos=True, add_eos=True, num_threads=1)
+    return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64)
 
 
 def _text_batches(corpus_file: Path, size: int) -> Iterator[list[str]]:
