@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from pipeline_steps.corpus import CorpusConfig
+from pipeline_steps.evaluate import EvaluateConfig
 from pipeline_steps.params import ParamsError, build_config
 from pipeline_steps.pretrain import PretrainConfig
 from pipeline_steps.profile import merge, render
@@ -17,9 +18,11 @@ from pipeline_steps.tokenizer import TokenizerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "shards": ShardsConfig, "tasks": TasksConfig,
+            "evaluate": EvaluateConfig,
             "pretrain": PretrainConfig, "scaling": ScalingConfig}
 PROFILES = sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml"))
-STAGE_MODULES = ["corpus", "tokenizer", "shards", "tasks", "pretrain", "scaling", "profile"]
+STAGE_MODULES = ["corpus", "tokenizer", "shards", "tasks", "pretrain", "scaling", "evaluate",
+                 "evaluator", "profile"]
 
 
 def test_the_four_profiles_exist():
