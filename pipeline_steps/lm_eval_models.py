@@ -38,6 +38,7 @@ from model.artifact import TOKENIZER, load_artifact
 from model.likelihood import (MonteCarloConfig, Request, arm_greedy_match, arm_log_likelihood,
                               mdm_chain_rule_log_likelihood, mdm_elbo_log_likelihood,
                               mdm_greedy_decode, mdm_l_uniform_log_likelihood)
+from pipeline_steps.evaluator import fit_context, split_request
 
 log = logging.getLogger(__name__)
 
@@ -50,40 +51,18 @@ as one tensor (requests x block x length), which must stay small; results do not
 # ---------------------------------------------------------------------------------------------
 # Tokenization shared with pipeline_steps/evaluator.py.
 
-def continuation_tokens(sp: spm.SentencePieceProcessor, context: str,
-                        continuation: str) -> tuple[list[int], list[int]]:
-    """(encode(context), the continuation's tokens), no BOS.
-
-    The continuation's tokens are encode(context + continuation) minus the encode(context) prefix
-    when that is a proper prefix: SentencePiece then splits the scored text exactly as it splits
-    the whole string. Where a merge crosses the boundary it is not, and the continuation is
-    encoded on its own (lm-eval's context/continuation split).
-    """
-    ctx = sp.encode(context)
-    whole = sp.encode(context + continuation)
-    if len(whole) > len(ctx) and whole[:len(ctx)] == ctx:
-        return ctx, whole[len(ctx):]
-    return ctx, sp.encode(continuation)
-
-
 def encode_request(sp: spm.SentencePieceProcessor, context: str, continuation: str,
                    max_tokens: int) -> tuple[Request, bool]:
-    """((BOS + context tokens, continuation tokens), was cut): at most `max_tokens`, cut from the left.
+    """((BOS + context tokens, continuation tokens), was cut): the evaluator's own rule
+    (pipeline_steps/evaluator.py `split_request` + `fit_context`), so lm-eval and our evaluator
+    score identical token sequences.
 
     `max_tokens` is the longest row a model scores: the MDM's context (or `pad_to`), the ARM's
-    context + 1 (its input drops the last token). Like lm-eval, the cut takes the prompt's start
-    first, BOS included; at least one prompt token stays, so a continuation that alone fills the
-    row keeps only its last `max_tokens - 1` tokens (at CPU scale, 32-token contexts, many
-    HellaSwag and PIQA endings do). The same rule as pipeline_steps/evaluator.py.
+    context + 1 (its input drops the last token).
     """
     if max_tokens < 2:
         raise ValueError(f"a row needs room for a prompt and a continuation token, got {max_tokens}")
-    ctx, cont = continuation_tokens(sp, context, continuation)
-    prompt = ([sp.bos_id()] if sp.bos_id() >= 0 else []) + ctx
-    if len(prompt) + len(cont) <= max_tokens:
-        return (prompt, cont), False
-    cont = cont[-(max_tokens - 1):]
-    return (prompt[-(max_tokens - len(cont)):], cont), True
+    return fit_context(split_request(sp, context, continuation), max_tokens)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ from model.likelihood import (MonteCarloConfig, arm_greedy_match, arm_log_likeli
                               mdm_chain_rule_log_likelihood, mdm_elbo_log_likelihood,
                               mdm_greedy_decode, mdm_l_uniform_log_likelihood)
 from model.transformer import Transformer  # noqa: E402
-from pipeline_steps.lm_eval_models import SmdmARM, SmdmMDM, continuation_tokens, encode_request  # noqa: E402
+from pipeline_steps.evaluator import split_request
+from pipeline_steps.lm_eval_models import SmdmARM, SmdmMDM, encode_request  # noqa: E402
 from pipeline_steps.lm_eval_tasks import write_task_yamls  # noqa: E402
 from pipeline_steps.task_sources.items import greedy_item, math_item, mc_item, write_jsonl  # noqa: E402
 
@@ -113,11 +114,11 @@ def test_task_yamls_cover_likelihood_tasks_only_and_replace_stale_ones(tasks, tm
 
 
 def test_encode_request_splits_at_the_context_and_cuts_rows_from_the_left(sp):
-    ctx, cont = continuation_tokens(sp, "the house of", " the river")
-    assert ctx + cont == sp.encode("the house of the river")
-    ctx, cont = continuation_tokens(sp, "the hou", "se")  # a merge across the boundary
-    assert sp.encode("the house")[:len(ctx)] != ctx and cont == sp.encode("se")
     bos = sp.bos_id()
+    prompt, cont = split_request(sp, "the house of", " the river")
+    assert prompt[1:] + cont == sp.encode("the house of the river") and prompt[0] == bos
+    prompt, cont = split_request(sp, "the hou", "se")  # a merge across the boundary
+    assert sp.encode("the house")[:len(prompt) - 1] != prompt[1:] and cont == sp.encode("se")
     assert encode_request(sp, "", " river", 8) == (([bos], sp.encode(" river")), False)
     (prompt, cont), cut = encode_request(sp, LONG_QUERY, " river", 20)
     assert cut and len(prompt) + len(cont) == 20 and [bos, *sp.encode(LONG_QUERY)][-len(prompt):] == prompt
