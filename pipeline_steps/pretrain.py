@@ -156,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
         run_group(cfg, args.group, Path(args.shards), Path(args.tokenizer),
                   Path(args.out or f"models/pretrain/{args.group}"), NullTracker())
         return
-    with stage_tracker(f"pretrain@{args.group}", {"family": group.family}) as tracker:
+    meta_file = Path(args.shards) / "meta.json"
+    data_hash = json.loads(meta_file.read_text()).get("data_hash") if meta_file.exists() else None
+    with stage_tracker(f"pretrain@{args.group}", {"family": group.family}, data_hash=data_hash) as tracker:
         records = run_group(cfg, args.group, Path(args.shards), Path(args.tokenizer),
                             Path(args.out or f"models/pretrain/{args.group}"), tracker)
     atomic_write_text(args.runs or f"runs/{group.kind}/{args.group}.jsonl",

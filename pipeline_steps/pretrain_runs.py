@@ -140,8 +140,10 @@ def run_group(cfg: PretrainConfig, name: str, shards: Path, tokenizer: Path, out
             if record.get("run_key") == run_key(cfg, group, size, record.get("data_hash", "")):
                 records.append(record)
                 continue
+        data_hash = json.loads((shards / "meta.json").read_text()).get("data_hash")
         with child_tracker(tracker, f"{group.family}-{size}-{name}",
-                           {"family": group.family, "size": size, "smdm_stage": f"pretrain@{name}"}) as run:
+                           {"family": group.family, "size": size, "smdm_stage": f"pretrain@{name}"},
+                           data_hash=data_hash) as run:
             records.append(train_one(cfg, group, size, shards, tokenizer, out_dir, run))
     if any(r is None for r in records):
         return None

@@ -99,4 +99,5 @@ def test_mlflow_has_a_pipeline_run_with_stage_children(debug_dag):
     assert {r.data.tags["mlflow.parentRunId"] for r in stage_runs} <= {p.info.run_id for p in parents}
     training = [r for r in runs if r.data.tags.get("smdm_kind") == "training_run"]
     assert training and all("val/loss" in r.data.metrics for r in training)
+    assert all(len(r.data.tags.get("data_hash", "")) == 64 for r in training)
     assert any("train/loss" in r.data.metrics for r in training)  # Lightning's curve
