@@ -83,9 +83,9 @@ _PAPER_SHAPES = {
 }
 
 # CPU-sized shapes (n_layer, n_head, d) with ffn = 4 d, named by their N like the paper's sizes:
-# 16k ... 4.72M, about 2x apart, for IsoFLOP grids spanning 8x or more in N on 2 cores.
+# 6.5k ... 4.72M, about 2x apart, for IsoFLOP grids spanning 8x or more in N on 2 cores.
 _CPU_SHAPES = [
-    (1, 2, 32), (1, 2, 36), (2, 2, 32), (2, 2, 36), (2, 2, 40), (2, 3, 48), (2, 4, 56),
+    (1, 2, 20), (1, 2, 24), (1, 2, 28), (1, 2, 32), (1, 2, 36), (2, 2, 32), (2, 2, 36), (2, 2, 40), (2, 3, 48), (2, 4, 56),
     (3, 4, 64), (4, 4, 80), (4, 6, 96), (4, 4, 112), (5, 8, 128), (6, 8, 160), (8, 8, 192),
 ]
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import shutil
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -126,27 +128,63 @@ def lightning_logger(tracker: Tracker):
 
 def run_group(cfg: PretrainConfig, name: str, shards: Path, tokenizer: Path, out_dir: Path,
               tracker: Tracker) -> list[dict] | None:
-    """Every run of the group in order; runs already finished (run.json present) are kept.
+    """Every run of the group, `train.parallel_runs` at a time; finished runs (run.json) are kept.
 
     Returns None on data-parallel ranks other than 0, which train but write nothing.
     """
     group = cfg.groups[name]
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
+    data_hash = json.loads((shards / "meta.json").read_text()).get("data_hash")
+    records: dict[str, dict | None] = {}
+    pending = []
     for size in group.sizes:
         done = out_dir / size / RECORD
         if done.exists():
             record = json.loads(done.read_text())
             if record.get("run_key") == run_key(cfg, group, size, record.get("data_hash", "")):
-                records.append(record)
+                records[size] = record
                 continue
-        data_hash = json.loads((shards / "meta.json").read_text()).get("data_hash")
+        pending.append(size)
+
+    def train_tracked(size: str, pool=None) -> None:
         with child_tracker(tracker, f"{group.family}-{size}-{name}",
                            {"family": group.family, "size": size, "smdm_stage": f"pretrain@{name}"},
                            data_hash=data_hash) as run:
-            records.append(train_one(cfg, group, size, shards, tokenizer, out_dir, run))
-    if any(r is None for r in records):
+            if pool is None:
+                records[size] = train_one(cfg, group, size, shards, tokenizer, out_dir, run)
+            else:  # the child MLflow run stays open here; the worker writes to it by id
+                mlflow_run = (run.tracking_uri, run.run_id) if hasattr(run, "run_id") else None
+                records[size] = pool.submit(_train_in_worker, cfg, name, size, shards, tokenizer,
+                                            out_dir, mlflow_run).result()
+
+    workers = min(cfg.train.parallel_runs, len(pending))
+    if workers <= 1:
+        for size in pending:
+            train_tracked(size)
+    else:
+        # Threads hold each run's MLflow context; spawned processes do the training.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool, \
+                ThreadPoolExecutor(workers) as threads:
+            for future in [threads.submit(train_tracked, size, pool) for size in pending]:
+                future.result()
+    ordered = [records[size] for size in group.sizes]
+    if any(r is None for r in ordered):
         return None
     for stale in set(p.name for p in out_dir.iterdir() if p.is_dir()) - set(group.sizes):
         shutil.rmtree(out_dir / stale)
-    return records
+    return ordered
+
+
+def _train_in_worker(cfg: PretrainConfig, name: str, size: str, shards: Path, tokenizer: Path,
+                     out_dir: Path, mlflow_run: tuple[str, str] | None) -> dict | None:
+    from mlflow.tracking import MlflowClient
+
+    from pipeline_steps.run_tracking import MlflowTracker
+    from pipeline_steps.tracking import NullTracker
+
+    if mlflow_run is None:
+        tracker = NullTracker()
+    else:
+        tracking_uri, run_id = mlflow_run
+        tracker = MlflowTracker(MlflowClient(tracking_uri=tracking_uri), run_id)
+    return train_one(cfg, cfg.groups[name], size, shards, tokenizer, out_dir, tracker)

@@ -119,3 +119,18 @@ def test_two_ranks_match_one_rank_with_the_whole_batch(tiny_data, tmp_path):
     b = load_file(two / "models" / "16k" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_parallel_runs_match_sequential_runs(tiny_data, tmp_path):
+    group = {"family": "arm", "kind": "grid", "flops": 6.0e7, "sizes": ["16k", "33k", "9k"]}
+    results = {}
+    for parallel in (1, 2):
+        folder = tmp_path / f"parallel{parallel}"
+        folder.mkdir()
+        out = run_cli(folder, write_params(folder, group, parallel_runs=parallel), tiny_data)
+        assert out.returncode == 0, out.stderr[-3000:]
+        results[parallel] = [json.loads(line) for line in open(folder / "runs.jsonl")]
+    assert [r["size"] for r in results[2]] == ["16k", "33k", "9k"]  # the group's order, not finish order
+    for one, two in zip(results[1], results[2]):
+        assert two["val/loss"] == one["val/loss"] and two["train/loss"] == one["train/loss"]
