@@ -67,6 +67,9 @@ class TasksConfig:
     """Most words in an in-domain passage (the continuation sentence adds up to half this)."""
     in_domain_choices: int = 4
     """Options per continuation item: the true next sentence and distractors."""
+    in_domain_distractors: str = "other_source"
+    """Continuation distractors from other sources (a register test tiny models can pass) or
+    `other_document` (any other document: next-sentence prediction proper)."""
     in_domain_target_in_context: bool = True
     """Last-word items only where the word already occurs in the passage (LAMBADA-like)."""
     in_domain_skip_sources: tuple[str, ...] = ("wordnet",)
@@ -104,6 +107,9 @@ class TasksConfig:
             raise ValueError("need 1 <= in_domain_min_words <= in_domain_max_words")
         if self.in_domain_items <= 0 or self.in_domain_choices < 2:
             raise ValueError("need in_domain_items > 0 and in_domain_choices >= 2")
+        if self.in_domain_distractors not in ("other_source", "other_document"):
+            raise ValueError("in_domain_distractors must be other_source or other_document, "
+                             f"got {self.in_domain_distractors!r}")
         paraphrases = self.reversal_train_paraphrases + self.reversal_test_paraphrases
         if (self.reversal_train_paraphrases < 1 or self.reversal_test_paraphrases < 1
                 or paraphrases > reversal.MAX_PARAPHRASES
@@ -153,7 +159,8 @@ def gather(task: str, cfg: TasksConfig, corpus_dir: Path, wheel: Path | None,
         items = in_domain.continuation_items(val_file, cfg.in_domain_items,
                                              cfg.in_domain_min_words, cfg.in_domain_max_words,
                                              cfg.in_domain_choices, cfg.seed,
-                                             cfg.in_domain_skip_sources, train_keys)
+                                             cfg.in_domain_skip_sources, train_keys,
+                                             cfg.in_domain_distractors)
     if not items:
         raise ValueError(f"{task}: no items from {val_file}; lower in_domain_min_words, raise "
                          "in_domain_max_words or enlarge the corpus val split")

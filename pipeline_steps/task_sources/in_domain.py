@@ -13,7 +13,10 @@ sentences into non-overlapping passages of `min_words`..`max_words` words.
   the context makes the word guessable, as LAMBADA's human filter intended, so a small model
   can copy it.
 - continuation (multiple choice): query = a passage, choices = " " + the true next sentence
-  and distractor sentences of similar length drawn from other val documents (seeded).
+  and distractor sentences of similar length drawn (seeded) from val documents of other
+  sources (`other_source`: does the continuation keep the passage's register, which a tiny
+  model can judge) or of any other document (`other_document`: which sentence comes next,
+  hard even for large models when the register matches).
 Item ids are `<group>#<document id>:<k>`, the group being the document id without its source
 prefix: one document's items, and a Bible chapter's in both translations, stay on one side of
 a held-out split.
@@ -49,6 +52,7 @@ class ValDocument:
     """A val document cut into sentences."""
 
     id: str
+    source: str
     group: str
     """Parallel texts share it: the corpus id without its source prefix (`kjv/Gen.1` and
     `web/Gen.1` are one chapter in two translations)."""
@@ -114,7 +118,7 @@ def read_val_documents(val_file: Path, skip_sources: tuple[str, ...] = (),
             blocked = frozenset(i for i, sentence in enumerate(sentences)
                                 if train_keys and _key(sentence) in train_keys)
             if sentences:
-                documents.append(ValDocument(doc_id, group, sentences, blocked))
+                documents.append(ValDocument(doc_id, source, group, sentences, blocked))
     return documents
 
 
@@ -184,12 +188,16 @@ def lastword_items(val_file: Path, n: int, min_words: int, max_words: int,
     return _choose(candidates, n, f"lastword:{seed}")
 
 
+DISTRACTORS = ("other_source", "other_document")
+
+
 def _distractors(pool: list[tuple[str, str]], group: str, answer: str, k: int,
                  rng: random.Random) -> list[str]:
     """`k` distinct sentences from other document groups, of similar length while draws allow.
 
-    Never from the passage's own group: a parallel translation's verse would paraphrase the
-    answer. Random draws rather than a scan of the pool: the pool is every val sentence.
+    `pool` holds (group, sentence) pairs already restricted to eligible sources. Never from
+    the passage's own group: a parallel translation's verse would paraphrase the answer.
+    Random draws rather than a scan of the pool: the pool is every val sentence.
     """
     length = word_count(answer)
     chosen: list[str] = []
@@ -206,12 +214,19 @@ def _distractors(pool: list[tuple[str, str]], group: str, answer: str, k: int,
 
 def continuation_items(val_file: Path, n: int, min_words: int, max_words: int, choices: int,
                        seed: int, skip_sources: tuple[str, ...] = (),
-                       train_keys: set[int] | None = None) -> list[dict]:
+                       train_keys: set[int] | None = None,
+                       distractors: str = "other_source") -> list[dict]:
     """Up to `n` next-sentence items with `choices` options each (seeded)."""
+    if distractors not in DISTRACTORS:
+        raise ValueError(f"in_domain_distractors must be one of {DISTRACTORS}, got {distractors!r}")
     documents = read_val_documents(val_file, skip_sources, train_keys)
     if len({doc.group for doc in documents}) < 2:
         raise ValueError(f"{val_file}: the continuation task needs >= 2 val documents "
                          f"for distractors, got {len(documents)}")
+    sources = sorted({doc.source for doc in documents})
+    if distractors == "other_source" and len(sources) < 2:
+        raise ValueError(f"{val_file}: in_domain_distractors=other_source needs val text from >= 2 "
+                         f"sources, found {sources}; use other_document")
     answer_max = max(4, max_words // 2)  # keeps passage + answer under about 1.5 x max_words
     candidates = []
     for doc in documents:
@@ -219,13 +234,14 @@ def continuation_items(val_file: Path, n: int, min_words: int, max_words: int, c
             answer = doc.sentences[passage.index + passage.length]
             if 4 <= word_count(answer) <= answer_max:
                 candidates.append({"id": passage.id, "passage": passage, "answer": answer})
-    pool = [(doc.group, s) for doc in documents for i, s in enumerate(doc.sentences)
-            if i not in doc.blocked]
+    pools = {source: [(doc.group, s) for doc in documents for i, s in enumerate(doc.sentences)
+                      if i not in doc.blocked and (distractors == "other_document" or doc.source != source)]
+             for source in sources}
     rng = random.Random(f"continuation:{seed}")
     items = []
     for candidate in _choose(candidates, n, f"continuation-pick:{seed}"):
         passage, answer = candidate["passage"], candidate["answer"]
-        wrong = _distractors(pool, passage.doc.group, answer, choices - 1, rng)
+        wrong = _distractors(pools[passage.doc.source], passage.doc.group, answer, choices - 1, rng)
         if not wrong:
             continue
         options = [answer, *wrong]

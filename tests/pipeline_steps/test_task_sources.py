@@ -27,7 +27,7 @@ def write_val(folder, n_docs=5):
         lines = [f"Mrs. Rowe of town {d} saw the boat {k} near the dock. The boat {k} of {d} "
                  f"sailed past the dock at dawn and came back to the boat. Birds of town {d} sang "
                  f"{k} times." for k in range(12)]
-        docs.append({"id": f"val/doc{d}", "source": "s", "year": 1900, "text": "\n".join(lines)})
+        docs.append({"id": f"val/doc{d}", "source": "st"[d % 2], "year": 1900, "text": "\n".join(lines)})
     (folder / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in docs))
     # One val sentence recurs in train (as a duplicated Bible passage would): it is blocked.
     train = {"id": "train/0", "source": "s", "year": 1900,
@@ -73,7 +73,8 @@ def test_lastword_items_end_the_passage_with_a_word_seen_before(tmp_path):
 
 def test_continuation_items_have_one_true_next_sentence(tmp_path):
     val = write_val(tmp_path) / "val.jsonl"
-    found = in_domain.continuation_items(val, 40, 10, 40, choices=4, seed=1)
+    found = in_domain.continuation_items(val, 40, 10, 40, choices=4, seed=1,
+                                         distractors="other_document")
     assert found
     docs = {doc.id: doc.sentences for doc in in_domain.read_val_documents(val)}
     for item in found:
@@ -105,12 +106,32 @@ def test_parallel_chapters_share_a_group_and_never_supply_distractors(tmp_path):
     assert [(d.id, d.group) for d in docs] == [("kjv/Gen.1", "Gen.1"), ("web/Gen.1", "Gen.1"),
                                                ("brown/a01", "a01")]
     found = in_domain.continuation_items(tmp_path / "val.jsonl", 50, 8, 30, 2, seed=0,
-                                         skip_sources=("wordnet",))
+                                         skip_sources=("wordnet",), distractors="other_document")
     assert found
     for item in found:
         wrong = item["choices"][1 - item["gold"]]
         assert ("Verse" in item["query"]) != ("Verse" in wrong)  # distractors cross groups
         assert "canid" not in json.dumps(item)
+
+
+
+def test_other_source_distractors_never_share_the_passage_source(tmp_path):
+    rows = [{"id": f"{src}/d{d}", "source": src, "year": 1,
+             "text": "\n".join(f"The {src} text {d} has line {k} with words to spare here. " * 2
+                               for k in range(20))}
+            for src in ("alpha", "beta", "gamma") for d in range(2)]
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    found = in_domain.continuation_items(tmp_path / "val.jsonl", 60, 8, 30, 3, seed=0)
+    assert len(found) >= 20
+    for item in found:
+        source = item["id"].split("#")[1].split("/")[0]
+        wrong = [c for k, c in enumerate(item["choices"]) if k != item["gold"]]
+        assert all(source not in c for c in wrong) and source in item["choices"][item["gold"]]
+    one_source = tmp_path / "one"
+    one_source.mkdir()
+    (one_source / "val.jsonl").write_text("".join(json.dumps({**r, "source": "alpha"}) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="in_domain_distractors=other_source"):
+        in_domain.continuation_items(one_source / "val.jsonl", 60, 8, 30, 3, seed=0)
 
 
 # ---------------------------------------------------------------- reversal

@@ -82,7 +82,7 @@ def write_corpus(folder: Path) -> Path:
              "text": "Trainonly words stay in training. " * 50}
     lines = ("The river {d} ran past house {k} and the house faced the river. "
              "Then the lamp of house {k} went out like a lamp.")
-    val = [{"id": f"val-{d}", "source": "s", "year": 2000,
+    val = [{"id": f"val-{d}", "source": "st"[d % 2], "year": 2000,
             "text": "\n".join(lines.format(d=d, k=k) for k in range(15))} for d in range(4)]
     (folder / "train.jsonl").write_text(json.dumps(train) + "\n")
     (folder / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val))
