@@ -69,6 +69,9 @@ class EvaluateConfig:
     """CFG scales w tried on held-out items; ties go to the smaller w."""
     max_items: int | None = 20
     """Reported items per task: a seeded subsample of test.jsonl (null: all)."""
+    task_max_items: dict[str, int] = field(default_factory=dict)
+    """Per-task reported-item caps overriding `max_items` (the in-domain tasks are where tiny
+    models beat chance, so their effects need the larger n)."""
     heldout_items: int | None = 10
     """Held-out items per task used for the selection (a seeded subsample; null: all)."""
     min_items: int = 10
@@ -119,6 +122,11 @@ class EvaluateConfig:
             raise ValueError("cfg_grid must be >= 0 and grid_tasks a subset of tasks")
         if self.min_items < 1 or (self.max_items is not None and self.max_items < self.min_items):
             raise ValueError(f"need 1 <= min_items <= max_items, got {self.min_items}, {self.max_items}")
+        unknown = sorted(set(self.task_max_items) - set(self.tasks))
+        small = {t: n for t, n in self.task_max_items.items() if n < self.min_items}
+        if unknown or small:
+            raise ValueError(f"task_max_items: tasks {unknown} are not in tasks, or caps {small} "
+                             f"are below min_items={self.min_items}")
         if self.grid_models < 0 or self.threads < 0:
             raise ValueError("grid_models and threads must be >= 0")
         self.settings("mc", 0.0)  # validates the Monte Carlo budget and max_batch
@@ -159,7 +167,8 @@ def load_tasks(cfg: EvaluateConfig, tasks_dir: Path) -> dict[str, TaskData]:
                              f"{cfg.methods[task]!r} (greedy items need `greedy`)")
         heldout_file = folder / "heldout.jsonl"
         heldout = read_jsonl(heldout_file) if heldout_file.exists() else []
-        out[task] = TaskData(kind, subsample(test, cfg.max_items, f"evaluate:{cfg.seed}:{task}"),
+        cap = cfg.task_max_items.get(task, cfg.max_items)
+        out[task] = TaskData(kind, subsample(test, cap, f"evaluate:{cfg.seed}:{task}"),
                              subsample(heldout, cfg.heldout_items, f"select:{cfg.seed}:{task}"))
     return out
 

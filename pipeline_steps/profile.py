@@ -18,7 +18,7 @@ from pipeline_steps.files import atomic_write_text
 from pipeline_steps.params import ParamsError
 
 PROFILES = Path("profiles")
-REPLACED_WHOLE = {"pretrain.groups"}
+REPLACED_WHOLE = {"pretrain.groups", "evaluate.task_max_items"}
 
 
 def merge(base: dict[str, Any], override: dict[str, Any], where: str = "") -> dict[str, Any]:

@@ -169,12 +169,22 @@ def test_too_few_reported_items_is_an_error_naming_the_task(workspace, tmp_path)
                      NullTracker())
 
 
+def test_per_task_caps_override_max_items(workspace, tmp_path):
+    shutil.copytree(workspace["tasks"], tmp_path / "tasks")
+    write_jsonl(tmp_path / "tasks" / "arc_easy" / "test.jsonl", mc_items("many", 40))
+    data = evaluate.load_tasks(tiny_config(task_max_items={"arc_easy": 30}), tmp_path / "tasks")
+    assert len(data["arc_easy"].test) == 30 and len(data["in_domain_continuation"].test) == 5
+    assert len({item["id"] for item in data["arc_easy"].test}) == 30
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"tasks": ("gsm8k",)}, "later stages"),
     ({"methods": {"arc_easy": "exact"}}, "methods"),
     ({"method_grid": ("greedy",)}, "method_grid"),
     ({"min_items": 10, "max_items": 5}, "min_items"),
     ({"mc_samples": 5, "mc_block": 2}, "multiple"),
+    ({"task_max_items": {"piqa": 50}}, "task_max_items"),
+    ({"min_items": 10, "task_max_items": {"arc_easy": 5}}, "task_max_items"),
 ])
 def test_bad_configs_fail_with_the_field(changes, message):
     values = {"tasks": ["arc_easy"], "grid_tasks": [], **changes}
