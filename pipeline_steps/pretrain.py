@@ -57,7 +57,8 @@ class TrainConfig:
     run several times faster with 1: see benchmarks/RESULTS.md)."""
     parallel_runs: int = 1
     """Runs of one group trained at once, each in its own process (CPU, one device only): on 2
-    cores two 1-thread runs finish a grid about twice as fast as one 2-thread run."""
+    cores 2 workers cut a group's wall time 1.4x for minute-long groups and up to about 1.8x
+    for the cpu-study's (benchmarks/RESULTS.md)."""
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "global_batch", "devices", "num_nodes", "checkpoint_every", "log_every",
