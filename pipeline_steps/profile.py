@@ -3,8 +3,8 @@
 profiles/default.yaml holds every value; another profile holds only what it changes, merged
 key by key (a mapping merges, anything else replaces). A key a profile adds that default.yaml
 does not have is an error, so a misspelt override cannot be silently ignored, except under
-mappings that are open by design (`pretrain.groups`, `evaluate.task_max_items`, per-size `lr`), which a profile replaces
-whole. The written params.yaml records which profile made it.
+mappings that are open by design (`pretrain.groups`, `evaluate.task_max_items`, per-size `lr`),
+which a profile replaces whole. The written params.yaml records which profile made it.
 """
 from __future__ import annotations
 

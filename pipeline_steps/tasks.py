@@ -107,8 +107,8 @@ class TasksConfig:
             raise ValueError("need 1 <= in_domain_min_words <= in_domain_max_words")
         if self.in_domain_items <= 0 or self.in_domain_choices < 2:
             raise ValueError("need in_domain_items > 0 and in_domain_choices >= 2")
-        if self.in_domain_distractors not in ("other_source", "other_document"):
-            raise ValueError("in_domain_distractors must be other_source or other_document, "
+        if self.in_domain_distractors not in in_domain.DISTRACTORS:
+            raise ValueError(f"in_domain_distractors must be one of {in_domain.DISTRACTORS}, "
                              f"got {self.in_domain_distractors!r}")
         paraphrases = self.reversal_train_paraphrases + self.reversal_test_paraphrases
         if (self.reversal_train_paraphrases < 1 or self.reversal_test_paraphrases < 1

@@ -235,7 +235,8 @@ def continuation_items(val_file: Path, n: int, min_words: int, max_words: int, c
             if 4 <= word_count(answer) <= answer_max:
                 candidates.append({"id": passage.id, "passage": passage, "answer": answer})
     pools = {source: [(doc.group, s) for doc in documents for i, s in enumerate(doc.sentences)
-                      if i not in doc.blocked and (distractors == "other_document" or doc.source != source)]
+                      if i not in doc.blocked
+                      and (distractors == "other_document" or doc.source != source)]
              for source in sources}
     rng = random.Random(f"continuation:{seed}")
     items = []
