@@ -104,7 +104,7 @@ def check_model(device: torch.device, size: str, vocab: int, length: int, batch:
             model = transformer.Transformer(config_for(size, family, vocab, length))
         window = torch.randint(0, vocab, (batch, length + 1), device=device)
 
-        def loss_of(bf16: bool) -> torch.Tensor:
+        def loss_of(bf16: bool, model=model, window=window) -> torch.Tensor:
             gen = torch.Generator(device="cpu").manual_seed(3)  # objectives draw noise on the CPU
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 return training_loss(model, window, gen)
@@ -154,7 +154,7 @@ def _throughput_at(device, size, family, vocab, length, batch, steps, mm_rate, c
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def step() -> None:
+    def step(optimizer=optimizer, step_model=step_model) -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = training_loss(step_model, window, gen)

@@ -8,7 +8,7 @@ times both side by side). Run alone to see how the rate depends on size and thre
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     print(machine_line())
     print(f"{'size':>10} {'dtype':>9} {'GFLOP/s':>9} {'spread':>7}   (NAME-step: a training step's matmul shapes, fp32)")
     for name, times in samples.items():
-        print(f"{name:>10} {str(dtype)[6:] if isinstance(name, int) else 'float32':>9} {flops[name] / median(times) / 1e9:9.1f} {spread(times):7.2f}")
+        kind = str(dtype)[6:] if isinstance(name, int) else "float32"
+        print(f"{name:>10} {kind:>9} {flops[name] / median(times) / 1e9:9.1f} {spread(times):7.2f}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 import torch
 
 from model.likelihood import MonteCarloConfig, mdm_elbo_log_likelihood, mdm_l_uniform_log_likelihood
-from pipeline_steps.evaluator import item_requests, load_model
+from pipeline_steps.scoring.evaluator import item_requests, load_model
 
 
 def measure(estimator, model, request, mc: MonteCarloConfig) -> tuple[float, float, int, float]:

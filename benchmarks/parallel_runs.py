@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.timing import interleaved, machine_line, median, paired_ratio, spread
-from pipeline_steps.profile import render
+from pipeline_steps.core.profile import render
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,8 +34,15 @@ import sentencepiece as spm
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: no progress bars in the timings
 
 from benchmarks.timing import interleaved, machine_line, median, paired_ratio, spread
-from pipeline_steps.shards import (ShardsConfig, ShardWriter, _encode_batch, _load_processor, _text_batches,
-                                   encode_split, zip_batches)
+from pipeline_steps.shards import (
+    ShardsConfig,
+    ShardWriter,
+    _encode_batch,
+    _load_processor,
+    _text_batches,
+    encode_split,
+    zip_batches,
+)
 
 
 def stage_loop(pool, corpus: Path, out: Path, docs_per_task: int, dtype: np.dtype, encode=_encode_batch) -> int:

@@ -12,7 +12,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def interleaved(contenders: dict[str, Callable[[], object]], repeats: int, inner: int = 1,

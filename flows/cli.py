@@ -12,8 +12,8 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from flows import servers
 
@@ -114,7 +114,20 @@ def report(layout: servers.Layout, flow_run_id: str) -> None:
     print(f"stop both:  smdm-stop   (or python -m flows down --root {layout.root})")
 
 
+def check_profile(args: argparse.Namespace) -> int:
+    """0 when the profile renders; else its one-line error and 2, before anything starts."""
+    from pipeline_steps.core.profile import render
+    from pipeline_steps.core.stage_cli import guarded
+
+    if not args.profile:
+        return 0
+    return guarded("smdm-run", lambda: render(args.profile, Path(args.root) / "profiles") and None,
+                   args.debug)
+
+
 def up(args: argparse.Namespace) -> int:
+    if code := check_profile(args):
+        return code
     layout = servers.Layout.load(Path(args.root), args.prefect_port, args.mlflow_port)
     with talking_to(layout):
         start_all(layout)
@@ -163,6 +176,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--prefect-port", type=int, default=None, help=f"default {servers.PREFECT_PORT}")
     run.add_argument("--mlflow-port", type=int, default=None, help=f"default {servers.MLFLOW_PORT}")
     run.add_argument("--no-run", action="store_true", help="only start the servers and serve")
+    run.add_argument("--debug", action="store_true", help="show the traceback of a bad profile too")
     return cli
 
 

@@ -2,7 +2,7 @@
 
 The flow task opens the stage's child run before `dvc repro` and hands its id to the stage
 process (SMDM_STAGE_RUN_ID), which logs params, curves and metrics into it through
-`pipeline_steps.run_tracking.stage_tracker`. After DVC returns, the task finishes the record:
+`pipeline_steps.core.run_tracking.stage_tracker`. After DVC returns, the task finishes the record:
 
 - `smdm_status` tag: `ran` (DVC ran the command), `skipped` (DVC found the stage up to date),
   `restored` (DVC checked the outputs out of its run cache) or `failed`;
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows import dag
-from pipeline_steps import run_tracking
+from pipeline_steps.core import run_tracking
 
 PIPELINE_RUN = "SMDM_PARENT_RUN_ID"
 STAGE_RUN = "SMDM_STAGE_RUN_ID"

@@ -14,9 +14,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 PREFECT_PORT, MLFLOW_PORT = 4200, 5000
 # Stop order: the serve process first (it reports to the Prefect server), then the servers.
@@ -55,7 +55,7 @@ class Layout:
         (self.state / "servers.json").write_text(json.dumps(ports))
 
     @classmethod
-    def load(cls, root: Path, prefect_port: int | None = None, mlflow_port: int | None = None) -> "Layout":
+    def load(cls, root: Path, prefect_port: int | None = None, mlflow_port: int | None = None) -> Layout:
         """The ports given, else those the last `up` used, else the defaults."""
         saved_file = root / ".smdm" / "servers.json"
         saved = json.loads(saved_file.read_text()) if saved_file.exists() else {}

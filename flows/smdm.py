@@ -127,7 +127,7 @@ def use_remote(root: Path, dvc_remote: str) -> None:
 
 def apply_profile(root: Path, profile: str) -> None:
     """`smdm-profile <profile>`: params.yaml from profiles/, before DVC reads the DAG."""
-    code, tail = stream([sys.executable, "-m", "pipeline_steps.profile", profile], root, stage_env({}), run_logger())
+    code, tail = stream([sys.executable, "-m", "pipeline_steps.core.profile", profile], root, stage_env({}), run_logger())
     if code != 0:
         raise RuntimeError(f"smdm-profile {profile} exited {code}:\n" + "\n".join(tail[-20:]))
 

@@ -64,7 +64,7 @@ class ModelConfig:
         d = self.d_model
         return self.n_layer * (4 * d * d + 3 * d * self.d_ffn + 2 * d) + d
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -91,7 +91,7 @@ _CPU_SHAPES = [
 ]
 
 
-def _size_name(cfg: "ModelConfig") -> str:
+def _size_name(cfg: ModelConfig) -> str:
     n = cfg.n_params
     return f"{round(n / 1e3)}k" if n < 1e6 else f"{n / 1e6:.3g}M"
 

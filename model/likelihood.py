@@ -20,8 +20,8 @@ import hashlib
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -30,6 +30,10 @@ from model.guidance import guidance_cost, guided_log_probs
 
 Request = tuple[Sequence[int], Sequence[int]]
 """(prompt token ids, continuation token ids)."""
+
+
+LIKELIHOOD_METHODS = ("mc", "l_uniform", "chain")
+"""MDM scores of a continuation: Monte Carlo ELBO, l-uniform ELBO, left-to-right chain rule."""
 
 
 @dataclass(frozen=True)
@@ -60,11 +64,12 @@ class GreedyResult:
 
 @dataclass(frozen=True)
 class MonteCarloConfig:
-    """Sampling budget and noise of the Monte Carlo estimators."""
+    """Sampling budget and noise of the Monte Carlo estimators (params.yaml `evaluate.mc`)."""
 
-    n_samples: int = 1024
-    """Most samples per request (the authors use 1024); a multiple of `block_size`."""
-    block_size: int = 32
+    n_samples: int = 16
+    """Most samples per request (the authors use 1024; the paper profile too); a multiple of
+    `block_size`."""
+    block_size: int = 8
     """B: samples per block; t is stratified within a block with a fresh offset u per block."""
     eps: float = 0.0
     """t = eps + (1 - eps) s: the authors use 0 (exact ELBO, but the 1/t weight's variance is

@@ -9,7 +9,6 @@ document, {"id", "source", "year", "text"}, its text short lines (verses, paragr
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -20,12 +19,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline_steps.files import atomic_write_json, replace_dir, sha256_file, staging_dir
-from pipeline_steps.params import load_config
-from pipeline_steps.sources import SOURCES, registry_documents
-from pipeline_steps.sources import hub
-from pipeline_steps.sources.document import Document
-from pipeline_steps.tracking import Tracker
+from pipeline_steps.core.errors import InputError
+from pipeline_steps.core.files import atomic_write_json, replace_dir, sha256_file, staging_dir
+from pipeline_steps.core.stage_cli import run_stage
+from pipeline_steps.core.tracking import Tracker
+from pipeline_steps.data.sources import SOURCES, hub, registry_documents
+from pipeline_steps.data.sources.document import Document
 
 KINDS = ("registry", "hub", "local")
 SPLITS = ("train", "val")
@@ -163,11 +162,11 @@ def _check_counts(counts: dict, cfg: CorpusConfig) -> None:
     if not sum(sizes.values()):
         where = (f"sources={list(cfg.sources)}" if cfg.kind == "registry"
                  else f"kind={cfg.kind}, year={cfg.year}")
-        raise ValueError(f"corpus is empty after the year filter min_year={cfg.min_year}, "
+        raise InputError(f"corpus is empty after the year filter min_year={cfg.min_year}, "
                          f"max_year={cfg.max_year} ({where})")
     for split in SPLITS:
         if not sizes[split] and (split == "train" or cfg.val_fraction > 0):
-            raise ValueError(f"corpus: the {split} split is empty ({sum(sizes.values())} "
+            raise InputError(f"corpus: the {split} split is empty ({sum(sizes.values())} "
                              f"documents, val_fraction={cfg.val_fraction}); add documents "
                              "or change val_fraction")
 
@@ -211,25 +210,11 @@ def run(cfg: CorpusConfig, out_dir: str | Path, tracker: Tracker) -> dict[str, f
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline_steps.corpus", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml",
-                        help="params file (default: %(default)s)")
-    parser.add_argument("--section", default="corpus",
-                        help="params section holding the CorpusConfig keys (default: %(default)s)")
-    parser.add_argument("--out", default="data/corpus", help="output folder (default: %(default)s)")
-    parser.add_argument("--metrics", default="metrics/corpus.json",
-                        help="metrics JSON to write (default: %(default)s)")
-    args = parser.parse_args(argv)
-    cfg = load_config(CorpusConfig, args.section, args.params)
-    from pipeline_steps.run_tracking import stage_tracker  # MLflow only when tracking is on
-
-    with stage_tracker(args.section) as tracker:
-        metrics = run(cfg, args.out, tracker)
-    atomic_write_json(args.metrics, metrics)
-    print(", ".join(f"{key}={metrics[key]:.0f}" for key in
-                    ("train/documents", "train/chars", "val/documents", "val/chars")))
-    return 0
+    return run_stage("corpus", __doc__, CorpusConfig,
+                     {"--out": ("data/corpus", "output folder")},
+                     lambda cfg, args, tracker: run(cfg, args.out, tracker), argv,
+                     summary=lambda m: ", ".join(f"{key}={m[key]:.0f}" for key in (
+                         "train/documents", "train/chars", "val/documents", "val/chars")))
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ or on which other items it was scored with. Greedy tasks
 (LAMBADA-like: query + target) are scored by greedy decoding, so their only choice is w.
 
     reports/evaluate/results.json   every cell, every selection with its held-out scores
-    reports/evaluate/table{1,2,10,11}.md, figure3.png   (pipeline_steps/eval_tables.py)
+    reports/evaluate/table{1,2,10,11}.md, figure3.png   (pipeline_steps/scoring/tables.py)
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -29,12 +28,15 @@ from typing import Any
 
 import torch
 
-from pipeline_steps import eval_tables
-from pipeline_steps.evaluator import EvalSettings, LoadedModel, evaluate_items, load_model
-from pipeline_steps.files import atomic_write_json
-from pipeline_steps.params import load_config, load_params
-from pipeline_steps.task_sources.items import item_format, read_jsonl, subsample
-from pipeline_steps.tracking import Tracker
+from model.likelihood import LIKELIHOOD_METHODS, MonteCarloConfig
+from pipeline_steps.core.errors import InputError
+from pipeline_steps.core.files import atomic_write_json
+from pipeline_steps.core.params import load_params
+from pipeline_steps.core.stage_cli import run_stage
+from pipeline_steps.core.tracking import Tracker
+from pipeline_steps.data.task_sources.items import item_format, read_jsonl, subsample
+from pipeline_steps.scoring import tables
+from pipeline_steps.scoring.evaluator import EvalSettings, LoadedModel, evaluate_items, load_model
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,6 @@ IN_DOMAIN = ("in_domain_lastword", "in_domain_continuation")
 DEFAULT_TASKS = ("hellaswag", "openbookqa", "arc_easy", "boolq", "piqa", "siqa", "lambada_openai",
                  *IN_DOMAIN)
 NOT_HERE = ("gsm8k", "math", "reversal")
-LIKELIHOOD = ("mc", "l_uniform", "chain")
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class EvaluateConfig:
     """CFG scales w tried on held-out items; ties go to the smaller w."""
     max_items: int | None = 20
     """Reported items per task: a seeded subsample of test.jsonl (null: all)."""
-    task_max_items: dict[str, int] = field(default_factory=dict)
+    task_max_items: dict[str, int] = field(default_factory=lambda: {t: 200 for t in IN_DOMAIN})
     """Per-task reported-item caps overriding `max_items` (the in-domain tasks are where tiny
     models beat chance, so their effects need the larger n)."""
     heldout_items: int | None = 10
@@ -80,16 +81,10 @@ class EvaluateConfig:
     """Table 11: score both mc and chain on the reported items at w = 0 and the chosen w."""
     mask_padding: bool = True
     """Table 10: also score the MDM with [MASK] padding to its training context (w = 0)."""
-    mc_samples: int = 16
-    """Monte Carlo samples per choice (the paper: 1024)."""
-    mc_block: int = 8
-    """Samples per stratified block (a fresh offset u per block)."""
-    mc_eps: float = 0.0
-    """t floor of the Monte Carlo ELBO (the authors: 0)."""
-    mc_target_stderr: float | None = None
-    """Early stop per choice once its Monte Carlo stderr (nats) is at most this (null: never)."""
+    mc: MonteCarloConfig = field(default_factory=MonteCarloConfig)
+    """Monte Carlo settings of every MDM likelihood (the paper: 1024 samples in blocks of 32)."""
     seed: int = 0
-    """Monte Carlo base seed (hashed with each request's tokens) and subsample salt."""
+    """Salt of the seeded item subsamples (the Monte Carlo seed is `mc.seed`)."""
     max_batch: int = 64
     """Most model rows per forward pass."""
     mdm_group: str = "mdm_base"
@@ -113,11 +108,11 @@ class EvaluateConfig:
             raise ValueError(f"tasks must be distinct, non-empty and without {list(NOT_HERE)} "
                              f"(later stages), got {list(self.tasks)}")
         missing = sorted(set(self.tasks) - set(self.methods))
-        wrong = {t: m for t, m in self.methods.items() if m not in (*LIKELIHOOD, "greedy")}
+        wrong = {t: m for t, m in self.methods.items() if m not in (*LIKELIHOOD_METHODS, "greedy")}
         if missing or wrong:
             raise ValueError(f"methods: no method for {missing} or unknown methods {wrong}")
-        if set(self.method_grid) - set(LIKELIHOOD) or not self.cfg_grid:
-            raise ValueError(f"method_grid must be from {LIKELIHOOD} and cfg_grid non-empty")
+        if set(self.method_grid) - set(LIKELIHOOD_METHODS) or not self.cfg_grid:
+            raise ValueError(f"method_grid must be from {LIKELIHOOD_METHODS} and cfg_grid non-empty")
         if any(w < 0 for w in self.cfg_grid) or not set(self.grid_tasks) <= set(self.tasks):
             raise ValueError("cfg_grid must be >= 0 and grid_tasks a subset of tasks")
         if self.min_items < 1 or (self.max_items is not None and self.max_items < self.min_items):
@@ -129,13 +124,11 @@ class EvaluateConfig:
                              f"are below min_items={self.min_items}")
         if self.grid_models < 0 or self.threads < 0:
             raise ValueError("grid_models and threads must be >= 0")
-        self.settings("mc", 0.0)  # validates the Monte Carlo budget and max_batch
+        self.settings("mc", 0.0)  # validates max_batch
 
     def settings(self, method: str, w: float, pad_to: int | None = None) -> EvalSettings:
-        return EvalSettings(method=method, cfg_scale=w, mc_samples=self.mc_samples,
-                            mc_block=self.mc_block, mc_eps=self.mc_eps,
-                            mc_target_stderr=self.mc_target_stderr, seed=self.seed,
-                            pad_to=pad_to, max_batch=self.max_batch)
+        return EvalSettings(method=method, cfg_scale=w, mc=self.mc, pad_to=pad_to,
+                            max_batch=self.max_batch)
 
 
 @dataclass(frozen=True)
@@ -159,11 +152,11 @@ def load_tasks(cfg: EvaluateConfig, tasks_dir: Path) -> dict[str, TaskData]:
             raise FileNotFoundError(f"{task}: no {folder / 'test.jsonl'} (is it in tasks.tasks?)")
         test = read_jsonl(folder / "test.jsonl")
         if len(test) < cfg.min_items:
-            raise ValueError(f"{task}: {len(test)} reported items, fewer than min_items="
+            raise InputError(f"{task}: {len(test)} reported items, fewer than min_items="
                              f"{cfg.min_items}")
         kind = item_format(test[0])
         if kind not in ("mc", "greedy") or (kind == "greedy") != (cfg.methods[task] == "greedy"):
-            raise ValueError(f"{task}: items of kind {kind!r} cannot take method "
+            raise InputError(f"{task}: items of kind {kind!r} cannot take method "
                              f"{cfg.methods[task]!r} (greedy items need `greedy`)")
         heldout_file = folder / "heldout.jsonl"
         heldout = read_jsonl(heldout_file) if heldout_file.exists() else []
@@ -197,7 +190,7 @@ def base_models(cfg: EvaluateConfig, pretrain_dir: Path) -> dict[str, LoadedMode
     models = {"mdm": load_model(find_artifact(pretrain_dir / cfg.mdm_group), cfg.device),
               "arm": load_model(find_artifact(pretrain_dir / cfg.arm_group), cfg.device)}
     if models["mdm"].family != "mdm" or models["arm"].family != "arm":
-        raise ValueError(f"{cfg.mdm_group} must hold an MDM and {cfg.arm_group} an ARM")
+        raise InputError(f"{cfg.mdm_group} must hold an MDM and {cfg.arm_group} an ARM")
     if cfg.stochlen_group and (pretrain_dir / cfg.stochlen_group).is_dir():
         models["mdm_stochlen"] = load_model(find_artifact(pretrain_dir / cfg.stochlen_group),
                                             cfg.device)
@@ -309,11 +302,11 @@ def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
     """`<model>/<task>/<name>`: mdm at the chosen setting, mdm_w0, mdm_pad, mdm_stochlen, arm."""
     metrics: dict[str, float] = {}
     for task, sel in results["selection"].items():
-        picks = {"mdm": eval_tables.find(results, task, "mdm", sel["method"], sel["w"]),
-                 "mdm_w0": eval_tables.find(results, task, "mdm", sel["method"], 0.0),
-                 "mdm_pad": eval_tables.find(results, task, "mdm", sel["method"], 0.0, padded=True),
-                 "mdm_stochlen": eval_tables.find(results, task, "mdm_stochlen"),
-                 "arm": eval_tables.find(results, task, "arm")}
+        picks = {"mdm": tables.find(results, task, "mdm", sel["method"], sel["w"]),
+                 "mdm_w0": tables.find(results, task, "mdm", sel["method"], 0.0),
+                 "mdm_pad": tables.find(results, task, "mdm", sel["method"], 0.0, padded=True),
+                 "mdm_stochlen": tables.find(results, task, "mdm_stochlen"),
+                 "arm": tables.find(results, task, "arm")}
         for name, cell in picks.items():
             for key in ("acc", "acc_norm", "stderr", "n", "passes", "seconds"):
                 if cell is not None and cell[key] is not None:
@@ -353,7 +346,7 @@ def run(cfg: EvaluateConfig, tasks_dir: str | Path, pretrain_dir: str | Path, ou
                "cells": cells, "grid": grid, "seconds": time.perf_counter() - started}
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "results.json", results)
-    for path in [out_dir / "results.json", *eval_tables.write_reports(results, out_dir)]:
+    for path in [out_dir / "results.json", *tables.write_reports(results, out_dir)]:
         tracker.log_artifact(path, "evaluate")
     metrics = flat_metrics(results)
     tracker.log_metrics(metrics)
@@ -368,29 +361,21 @@ def grid_groups_of(params: dict[str, Any]) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline_steps.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml",
-                        help="params file: section `evaluate`, and `pretrain.groups` for the "
-                             "MDM grid groups (default: %(default)s)")
-    parser.add_argument("--tasks", default="data/tasks", help="task folder (default: %(default)s)")
-    parser.add_argument("--models", default="models/pretrain",
-                        help="pretrain artifacts, <group>/<size> (default: %(default)s)")
-    parser.add_argument("--out", default="reports/evaluate", help="report folder (default: %(default)s)")
-    parser.add_argument("--metrics", default="metrics/evaluate.json",
-                        help="flat metrics JSON to write (default: %(default)s)")
-    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = load_config(EvaluateConfig, "evaluate", args.params)
-    groups = grid_groups_of(load_params(args.params))
-    from pipeline_steps.run_tracking import stage_tracker  # MLflow only when tracking is on
 
-    with stage_tracker("evaluate") as tracker:
-        metrics = run(cfg, args.tasks, args.models, args.out, tracker, groups)
-    atomic_write_json(args.metrics, metrics)
-    print(", ".join(f"{t}: mdm {metrics[f'mdm/{t}/acc']:.3f} arm {metrics[f'arm/{t}/acc']:.3f}"
-                    for t in cfg.tasks))
-    return 0
+    def run_cli(cfg: EvaluateConfig, args, tracker: Tracker) -> dict[str, float]:
+        groups = grid_groups_of(load_params(args.params))  # Figure 3's MDM grid groups
+        return run(cfg, args.tasks, args.models, args.out, tracker, groups)
+
+    def summary(m: dict[str, float]) -> str:
+        tasks = [k.split("/")[1] for k in m if k.startswith("arm/") and k.endswith("/acc")]
+        return ", ".join(f"{t}: mdm {m[f'mdm/{t}/acc']:.3f} arm {m[f'arm/{t}/acc']:.3f}" for t in tasks)
+
+    return run_stage("evaluate", __doc__, EvaluateConfig, {
+        "--tasks": ("data/tasks", "task folder"),
+        "--models": ("models/pretrain", "pretrain artifacts, <group>/<size>; params.yaml's "
+                     "pretrain.groups names the MDM grid groups"),
+        "--out": ("reports/evaluate", "report folder")}, run_cli, argv, summary)
 
 
 if __name__ == "__main__":

@@ -22,19 +22,23 @@ from typing import Any
 
 import numpy as np
 
-from pipeline_steps import isoflop_fit as fit
-from pipeline_steps.files import atomic_write_json
-from pipeline_steps.params import ParamsError, load_config
-from pipeline_steps.tracking import Tracker
+from model.config import FAMILIES
+from pipeline_steps.analysis import isoflop_fit as fit
+from pipeline_steps.core.errors import InputError
+from pipeline_steps.core.files import atomic_write_json, finite_json
+from pipeline_steps.core.params import ParamsError, load_config
+from pipeline_steps.core.stage_cli import guarded, stage_parser
+from pipeline_steps.core.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("arm", "mdm")
+FIT_ORDER = tuple(sorted(FAMILIES))
+"""arm, then mdm: the bootstrap draws its replicates in this order, so one seed, one result."""
 HASH_FIELDS = ("data_hash", "tokenizer_hash")
 FIGURES = ("isoflop_curves.png", "scaling_laws.png")
 
 
-class ScalingInputError(ValueError):
+class ScalingInputError(InputError):
     """The runs cannot be fitted as given; the message names the file/line, field or budget."""
 
 
@@ -306,15 +310,6 @@ def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None}
 
 
-def _finite(value: Any) -> Any:
-    """NaN/inf (a law extrapolated absurdly far) as null: JSON has no such numbers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return [_finite(v) for v in value] if isinstance(value, list) else value
-
-
 def run(
     cfg: ScalingConfig,
     runs_path: str | Path,
@@ -323,16 +318,16 @@ def run(
     metrics_path: str | Path | None = None,
 ) -> dict[str, float]:
     """Fit both families' runs; write scaling.json (also to `metrics_path`) and the figures."""
-    from pipeline_steps import scaling_figures  # matplotlib only once the inputs are sound
+    from pipeline_steps.analysis import scaling_figures  # matplotlib only once the inputs are sound
 
     records = read_runs(runs_path)
     hashes = common_hashes(records)
     labels = budget_labels(records, cfg.budget_tolerance)
-    curves = {f: family_curves(records, labels, f) for f in FAMILIES}
+    curves = {f: family_curves(records, labels, f) for f in FIT_ORDER}
     rng = np.random.default_rng(cfg.seed)
     notes: list[str] = []
     fits, summaries = {}, {}
-    for family in FAMILIES:  # fixed order: the same seed gives the same replicates
+    for family in FIT_ORDER:
         if curves[family]:
             fits[family] = fit.fit_family(curves[family], cfg.bootstrap, rng)
             note = check_family(family, fits[family], cfg.strict, notes)
@@ -342,7 +337,7 @@ def run(
         _warn(f"only {list(fits)} runs: no compute gap or optimal-size ratio", notes)
     elif comparison["compute_gap"] is None:
         _warn("no compute gap: the MDM's L*(C) law is missing or does not decrease", notes)
-    result = _finite({"families": summaries, **comparison, **hashes, "warnings": notes,
+    result = finite_json({"families": summaries, **comparison, **hashes, "warnings": notes,
                       "config": dataclasses.asdict(cfg)})
 
     out_dir = Path(out_dir)
@@ -360,37 +355,37 @@ def run(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline_steps.scaling", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, required=True, help="runs JSONL file or a folder of records")
-    parser.add_argument("--out", type=Path, required=True, help="folder for scaling.json and figures")
-    parser.add_argument("--metrics", type=Path, help="also write scaling.json here")
-    parser.add_argument("--params", type=Path, help="read ScalingConfig from its `scaling` section")
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("scaling", __doc__, {
+        "--runs": ("runs/grid", "runs JSONL file or a folder of records"),
+        "--out": ("reports/scaling", "folder for scaling.json and figures")})
+    parser.set_defaults(params=None, metrics=None)  # standalone: defaults, no copy
     parser.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
                         help="fail when a curve has no interior minimum")
     parser.add_argument("--bootstrap", type=int, help="bootstrap replicates")
     parser.add_argument("--seed", type=int, help="bootstrap seed")
     parser.add_argument("--confidence", type=float, help="confidence level of the intervals")
     args = parser.parse_args(argv)
-    from pipeline_steps.run_tracking import stage_tracker  # mlflow only for the CLI
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = {k: getattr(args, k) for k in ("strict", "bootstrap", "seed", "confidence")
                  if getattr(args, k) is not None}
-    try:
+
+    def body() -> None:
+        # Standalone (no --params): ScalingConfig's defaults, which are the default profile's.
         cfg = load_config(ScalingConfig, "scaling", args.params) if args.params else ScalingConfig()
         try:
             cfg = dataclasses.replace(cfg, **overrides)
         except ValueError as err:
             raise ParamsError(f"command line: {err}") from None
+        from pipeline_steps.core.run_tracking import stage_tracker  # MLflow only for the CLI
+
         with stage_tracker("scaling") as tracker:  # SMDM_TRACKING=off: a NullTracker
             metrics = run(cfg, args.runs, args.out, tracker, metrics_path=args.metrics)
-    except (ScalingInputError, ParamsError) as err:
-        raise SystemExit(f"scaling: {err}") from None
-    for key, value in sorted(metrics.items()):
-        print(f"{key} = {value:.6g}")
+        for key, value in sorted(metrics.items()):
+            print(f"{key} = {value:.6g}")
+
+    return guarded("pipeline_steps.scaling", body, args.debug)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

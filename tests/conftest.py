@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def write_corpus(folder: Path, n_train: int = 120, n_val: int = 20, seed: int = 
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
     """data/corpus, data/tokenizer and data/shards for a synthetic corpus (session-shared, read-only)."""
     from pipeline_steps import shards, tokenizer
-    from pipeline_steps.tracking import NullTracker
+    from pipeline_steps.core.tracking import NullTracker
 
     root = tmp_path_factory.mktemp("tiny_data")
     corpus = write_corpus(root / "corpus")
@@ -44,3 +45,39 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     shards.run(shards.ShardsConfig(shard_tokens=5000, workers=2), corpus, root / "tokenizer",
                root / "shards", NullTracker())
     return {"corpus": corpus, "tokenizer": root / "tokenizer", "shards": root / "shards", "root": root}
+
+
+@pytest.fixture(scope="session")
+def toy_template(tmp_path_factory) -> Path:
+    """A toy DVC + git project (tests/flows/toy_repo.py), built once per session."""
+    from tests.flows.toy_repo import make_repo
+
+    return make_repo(tmp_path_factory.mktemp("template") / "toy")
+
+
+@pytest.fixture
+def toy_repo(toy_template: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the toy project (copying beats `git init` + `dvc init` by ~2 s)."""
+    return Path(shutil.copytree(toy_template, tmp_path / "toy", symlinks=True)).resolve()
+
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE_GOLDEN = os.environ.get("SMDM_UPDATE_GOLDEN") == "1"
+"""Regenerate every golden file: `SMDM_UPDATE_GOLDEN=1 python -m pytest -m "" tests -k golden`."""
+
+
+def check_golden(name: str, losses: dict[str, float], rel: float) -> None:
+    """Seeded losses equal tests/golden/<name>.json within `rel` (float noise across CPUs only).
+
+    A change of numbers is a deliberate act: rerun with SMDM_UPDATE_GOLDEN=1 and commit the new
+    file on its own, stating the old and new losses."""
+    path = GOLDEN / f"{name}.json"
+    if UPDATE_GOLDEN:
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(json.dumps(losses, indent=2, sort_keys=True) + "\n")
+        return
+    assert path.exists(), f"{path}: no golden losses; write them with SMDM_UPDATE_GOLDEN=1"
+    golden = json.loads(path.read_text())
+    assert sorted(losses) == sorted(golden), f"{path}: other runs than the golden ones"
+    moved = {k: (golden[k], v) for k, v in losses.items() if abs(v - golden[k]) > rel * abs(golden[k])}
+    assert not moved, f"{path}: losses moved (golden, now): {moved}"

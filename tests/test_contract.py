@@ -1,4 +1,5 @@
 """params.yaml, the profiles, the config dataclasses and dvc.yaml agree."""
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -6,23 +7,23 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline_steps.core.params import ParamsError, build_config
+from pipeline_steps.core.profile import merge, render
 from pipeline_steps.corpus import CorpusConfig
 from pipeline_steps.evaluate import EvaluateConfig
-from pipeline_steps.params import ParamsError, build_config
-from pipeline_steps.pretrain import PretrainConfig
-from pipeline_steps.profile import merge, render
 from pipeline_steps.scaling import ScalingConfig
 from pipeline_steps.shards import ShardsConfig
 from pipeline_steps.tasks import TasksConfig
 from pipeline_steps.tokenizer import TokenizerConfig
+from pipeline_steps.training.config import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "shards": ShardsConfig, "tasks": TasksConfig,
             "evaluate": EvaluateConfig,
             "pretrain": PretrainConfig, "scaling": ScalingConfig}
 PROFILES = sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml"))
-STAGE_MODULES = ["corpus", "tokenizer", "shards", "tasks", "pretrain", "scaling", "evaluate",
-                 "evaluator", "profile"]
+CLIS = [f"pipeline_steps.{stage}" for stage in SECTIONS] + [
+    "pipeline_steps.scoring.evaluator", "pipeline_steps.core.profile"]
 
 
 def test_the_four_profiles_exist():
@@ -41,14 +42,44 @@ def test_every_profile_builds_every_config(profile):
         build_config(cls, params[name], name)
 
 
-def test_default_yaml_keys_mirror_the_dataclasses():
-    """Every field is spelled out in default.yaml, so users see every knob."""
-    import dataclasses
+def nested_fields(cls, values: dict, where: str):
+    """(where, field, hint, value) of every field of `cls` and of the dataclasses nested in it."""
+    import typing
 
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value = values[f.name]
+        yield where, f, hints[f.name], value
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from nested_fields(hints[f.name], value, f"{where}.{f.name}")
+
+
+def test_default_yaml_keys_mirror_the_dataclasses():
+    """Every field, nested ones included, is spelled out in default.yaml: users see every knob."""
     params = render("default", ROOT / "profiles")
     for name, cls in SECTIONS.items():
-        fields = {f.name for f in dataclasses.fields(cls)}
-        assert set(params[name]) == fields, name
+        assert set(params[name]) == {f.name for f in dataclasses.fields(cls)}, name
+        for where, f, hint, value in nested_fields(cls, params[name], name):
+            if dataclasses.is_dataclass(hint):
+                assert set(value) == {g.name for g in dataclasses.fields(hint)}, f"{where}.{f.name}"
+
+
+def test_dataclass_defaults_equal_the_default_profile():
+    """One home for every default: a field's default is default.yaml's value, or it has none."""
+    params = render("default", ROOT / "profiles")
+    drift = []
+    for name, cls in SECTIONS.items():
+        built = build_config(cls, params[name], name)
+        for where, f, _, _ in nested_fields(cls, params[name], name):
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                continue  # required: the profile is its only home
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            node = built
+            for part in [*where.split(".")[1:], f.name]:
+                node = getattr(node, part)
+            if default != node:
+                drift.append(f"{where}.{f.name}: dataclass {default!r} != default.yaml {node!r}")
+    assert not drift, "\n".join(drift)
 
 
 def test_misspelt_keys_fail_loudly_with_their_path():
@@ -82,8 +113,8 @@ def test_dvc_yaml_params_exist_in_every_profile():
                         node = node[part]
 
 
-@pytest.mark.parametrize("module", STAGE_MODULES)
+@pytest.mark.parametrize("module", CLIS)
 def test_every_stage_cli_is_documented(module):
-    out = subprocess.run([sys.executable, "-m", f"pipeline_steps.{module}", "--help"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "usage:" in out.stdout and "--" in out.stdout
+    assert out.returncode == 0 and "usage:" in out.stdout and "--debug" in out.stdout

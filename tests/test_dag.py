@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import check_golden
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
@@ -45,12 +47,14 @@ def debug_dag(tmp_path_factory):
     env.pop("SMDM_PARENT_RUN_ID", None)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         sh(cmd, project, env)
-    sh([sys.executable, "-m", "pipeline_steps.profile", "debug"], project, env)
+    sh([sys.executable, "-m", "pipeline_steps.core.profile", "debug"], project, env)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["corpus"]["download_dir"] = str(ROOT / "cache" / "downloads")  # fetch once per machine
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     first = sh(["dvc", "repro"], project, env)
-    return {"project": project, "env": env, "first": first.stdout}
+    records = [json.loads(line) for path in sorted((project / "runs").rglob("*.jsonl"))
+               for line in path.read_text().splitlines()]
+    return {"project": project, "env": env, "first": first.stdout, "records": records}
 
 
 def test_every_stage_ran_and_left_its_outputs(debug_dag):
@@ -70,6 +74,15 @@ def test_every_stage_ran_and_left_its_outputs(debug_dag):
     scaling = json.loads((project / "metrics" / "scaling.json").read_text())
     assert set(scaling["families"]) == {"arm", "mdm"}
     assert (project / "reports" / "scaling" / "isoflop_curves.png").stat().st_size > 1000
+
+
+def test_golden_losses_of_the_seeded_debug_runs(debug_dag):
+    """Every debug run's train and val loss, pinned: a refactor that moves a number fails here."""
+    losses = {}
+    for r in debug_dag["records"]:
+        for key in ("train/loss", "val/loss"):
+            losses[f"{r['family']}/{r['size']}/{r['budget']:.3g}/{r['stochastic_length_ratio']}/{key}"] = r[key]
+    check_golden("debug_dag_losses", losses, rel=1e-4)
 
 
 def test_second_repro_does_nothing(debug_dag):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,17 +25,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def toy_template(tmp_path_factory) -> Path:
-    return make_repo(tmp_path_factory.mktemp("template") / "toy")
-
-
-@pytest.fixture
-def toy_repo(toy_template: Path, tmp_path: Path) -> Path:
-    """A fresh copy of the toy project (copying beats `git init` + `dvc init` by ~2 s)."""
-    return Path(shutil.copytree(toy_template, tmp_path / "toy", symlinks=True)).resolve()
 
 
 @pytest.fixture(scope="session")

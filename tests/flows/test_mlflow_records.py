@@ -7,7 +7,7 @@ import re
 import pytest
 
 from flows import dag
-from pipeline_steps import run_tracking
+from pipeline_steps.core import run_tracking
 from tests.flows import mlflow_api
 from tests.flows.prefect_api import run_deployment
 from tests.flows.toy_repo import REPORT_SCORE, STAGES, run

@@ -19,7 +19,7 @@ REPORT_SCORE = 0.75
 
 STEP = '''"""One toy stage: python step.py STAGE OUT [INPUT FILES or WORDS...]."""
 import json, pathlib, sys
-from pipeline_steps.run_tracking import stage_tracker
+from pipeline_steps.core.run_tracking import stage_tracker
 
 stage, out, inputs = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3:]
 with open("runs.log", "a") as log:

@@ -8,10 +8,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import ModelConfig
-from model.likelihood import (MonteCarloConfig, _stratified_t_block, arm_greedy_match,
-                              arm_log_likelihood, mdm_chain_rule_log_likelihood,
-                              mdm_elbo_log_likelihood, mdm_greedy_decode,
-                              mdm_l_uniform_log_likelihood, request_generator)
+from model.likelihood import (
+    MonteCarloConfig,
+    _stratified_t_block,
+    arm_greedy_match,
+    arm_log_likelihood,
+    mdm_chain_rule_log_likelihood,
+    mdm_elbo_log_likelihood,
+    mdm_greedy_decode,
+    mdm_l_uniform_log_likelihood,
+    request_generator,
+)
 from model.transformer import Transformer
 
 V = 3

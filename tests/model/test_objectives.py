@@ -7,8 +7,15 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig, config_for
-from model.objectives import (arm_loss, arm_validation_nll, draw_mask_noise, mdm_loss,
-                              mdm_loss_given_noise, mdm_validation_elbo, stratified_noise)
+from model.objectives import (
+    arm_loss,
+    arm_validation_nll,
+    draw_mask_noise,
+    mdm_loss,
+    mdm_loss_given_noise,
+    mdm_validation_elbo,
+    stratified_noise,
+)
 from model.transformer import Transformer
 
 V, L = 3, 3

@@ -14,12 +14,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipeline_steps import corpus  # noqa: E402
+from pipeline_steps.core import pinned  # noqa: E402
+from pipeline_steps.core.files import sha256_file  # noqa: E402
+from pipeline_steps.core.params import ParamsError, build_config  # noqa: E402
+from pipeline_steps.core.tracking import NullTracker  # noqa: E402
 from pipeline_steps.corpus import CorpusConfig, assign_split, run  # noqa: E402
-from pipeline_steps.files import sha256_file  # noqa: E402
-from pipeline_steps.params import ParamsError, build_config  # noqa: E402
-from pipeline_steps.sources import registry  # noqa: E402
-from pipeline_steps.tracking import NullTracker  # noqa: E402
-from tests.pipeline_steps.test_sources import bible_slots, build_deb, build_ztext  # noqa: E402
+from pipeline_steps.data.sources import registry  # noqa: E402
+from tests.pipeline_steps.data.test_sources import bible_slots, build_deb, build_ztext  # noqa: E402
 
 BOOKS = {"Gen": 20, "Exod": 15, "Ps": 25}  # 60 chapters per translation
 
@@ -33,7 +34,7 @@ def bible_cache(tmp_path, monkeypatch) -> Path:
     """A download cache holding tiny KJV and WEB packages, pinned by their real hashes."""
     cache = tmp_path / "downloads"
     cache.mkdir()
-    for source, package, module, style in (("kjv", "sword-text-kjv", "engKJV2006eb", "Thou"),
+    for _source, package, module, style in (("kjv", "sword-text-kjv", "engKJV2006eb", "Thou"),
                                            ("web", "sword-text-web", "engWEB2015eb", "You")):
         ztext = build_ztext({"ot": bible_slots(BOOKS, style)})
         folder = f"usr/share/sword/modules/texts/ztext/{module}/"
@@ -97,7 +98,7 @@ def test_year_filter_and_cap(tmp_path, bible_cache):
 
 def test_empty_corpus_is_an_error_naming_the_filter(tmp_path, monkeypatch):
     # No source lies after 3000, so nothing is even downloaded.
-    monkeypatch.setattr(registry, "_download", lambda *a: pytest.fail("must not download"))
+    monkeypatch.setattr(pinned, "_download", lambda *a: pytest.fail("must not download"))
     cfg = CorpusConfig(min_year=3000, download_dir=str(tmp_path / "dl"))
     with pytest.raises(ValueError, match="min_year=3000"):
         run(cfg, tmp_path / "out", NullTracker())

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_steps import eval_tables, evaluate
-from pipeline_steps.params import ParamsError, build_config
-from pipeline_steps.task_sources.items import write_jsonl
-from pipeline_steps.tracking import NullTracker
-from tests.pipeline_steps.test_evaluator import make_artifact
+from model.likelihood import MonteCarloConfig
+from pipeline_steps import evaluate
+from pipeline_steps.core.params import ParamsError, build_config
+from pipeline_steps.core.tracking import NullTracker
+from pipeline_steps.data.task_sources.items import write_jsonl
+from pipeline_steps.scoring import tables
+from tests.pipeline_steps.scoring.test_evaluator import make_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = "house river light one all there".split()
@@ -54,8 +56,10 @@ def workspace(tiny_data, tmp_path_factory) -> dict[str, Path]:
 
 
 def tiny_config(**changes) -> evaluate.EvaluateConfig:
-    values = dict(tasks=TASKS, max_items=5, heldout_items=None, min_items=5, mc_samples=4,
-                  mc_block=2, cfg_grid=(0.0, 1.0), grid_models=2, threads=0)
+    values = dict(tasks=TASKS, max_items=5, heldout_items=None, min_items=5,
+                  mc=MonteCarloConfig(n_samples=4, block_size=2), cfg_grid=(0.0, 1.0), grid_models=2,
+                  task_max_items={},
+                  threads=0)
     return evaluate.EvaluateConfig(**{**values, **changes})
 
 
@@ -90,7 +94,7 @@ def test_every_cell_has_accuracy_n_stderr_and_cost(stage):
     assert {"mc", "chain"} <= {c["method"] for c in arc}  # Table 11 has both estimators
     assert any(c["pad_to"] == 32 for c in arc)  # Table 10's mask padding to the context
     assert {c["method"] for c in results["cells"] if c["model"] == "arm"} == {"exact", "greedy"}
-    for task, sel in results["selection"].items():
+    for sel in results["selection"].values():
         assert sel["heldout_n"] == 3 and sel["w"] in (0.0, 1.0)
         assert len(sel["scores"]) == (2 if sel["method"] == "greedy" else 4)
 
@@ -118,15 +122,15 @@ def test_tables_put_paper_numbers_only_where_paper_md_has_them(stage):
     gsm8k = next(line for line in table2.splitlines() if line.startswith("| gsm8k"))
     assert "not run" in gsm8k and "58.5" in gsm8k and "58.6" in gsm8k
     arc = next(line for line in table2.splitlines() if line.startswith("| arc_easy"))
-    assert arc.count(eval_tables.NOT_IN_PAPER) == 4
+    assert arc.count(tables.NOT_IN_PAPER) == 4
     for name in ("table1.md", "table10.md", "table11.md"):
-        assert eval_tables.NOT_IN_PAPER in (stage["out"] / name).read_text()
+        assert tables.NOT_IN_PAPER in (stage["out"] / name).read_text()
 
 
 def test_table10_says_when_the_stochastic_length_model_is_missing(stage):
     results = {**stage["results"], "stochlen_trained": False,
                "cells": [c for c in stage["results"]["cells"] if c["model"] != "mdm_stochlen"]}
-    assert "not trained" in eval_tables.table10(results)
+    assert "not trained" in tables.table10(results)
 
 
 def test_selection_never_sees_a_reported_item(workspace, monkeypatch, tmp_path):
@@ -182,7 +186,7 @@ def test_per_task_caps_override_max_items(workspace, tmp_path):
     ({"methods": {"arc_easy": "exact"}}, "methods"),
     ({"method_grid": ("greedy",)}, "method_grid"),
     ({"min_items": 10, "max_items": 5}, "min_items"),
-    ({"mc_samples": 5, "mc_block": 2}, "multiple"),
+    ({"mc": {"n_samples": 5, "block_size": 2}}, r"evaluate\.mc: .*multiple"),
     ({"task_max_items": {"piqa": 50}}, "task_max_items"),
     ({"min_items": 10, "task_max_items": {"arc_easy": 5}}, "task_max_items"),
 ])

@@ -1,4 +1,5 @@
-"""Training runs end to end through the stage CLI: records, artifacts, kill + resume, DDP."""
+"""Training runs end to end: in-process through `run()` (seconds), and through the stage CLI
+(records, artifacts, kill + resume, DDP, one-line errors)."""
 import json
 import os
 import signal
@@ -13,7 +14,12 @@ import yaml
 from safetensors.torch import load_file
 
 from model.artifact import load_artifact
-from pipeline_steps.profile import render
+from pipeline_steps import pretrain
+from pipeline_steps.core.params import load_config
+from pipeline_steps.core.profile import render
+from pipeline_steps.core.tracking import NullTracker
+from pipeline_steps.training.config import PretrainConfig
+from tests.conftest import check_golden
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORD_KEYS = {"family", "size", "n_params", "flops", "tokens", "steps", "train/loss", "val/loss",
@@ -44,6 +50,49 @@ def run_cli(folder, params, data, **kwargs):
     env = {**os.environ, "SMDM_TRACKING": "off", "PYTHONPATH": str(ROOT)}
     return subprocess.run(pretrain_cmd(folder, params, data), cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600, **kwargs)
+
+
+def run_in_process(folder: Path, data: dict, group: dict, **train) -> dict[str, float]:
+    cfg = load_config(PretrainConfig, "pretrain", write_params(folder, group, parallel_runs=1, **train))
+    return pretrain.run(cfg, "g", data["shards"], data["tokenizer"], folder / "models",
+                        folder / "runs.jsonl", NullTracker())
+
+
+def test_run_in_process_trains_validates_and_records(tiny_data, tmp_path):
+    group = {"family": "arm", "kind": "grid", "flops": 1.0e8, "sizes": ["9k", "16k"]}
+    metrics = run_in_process(tmp_path, tiny_data, group)
+    records = [json.loads(line) for line in open(tmp_path / "runs.jsonl")]
+    assert [r["size"] for r in records] == ["9k", "16k"]
+    assert metrics == {f"{r['size']}/{k}": r[k] for r in records
+                       for k in ("train/loss", "val/loss", "val/loss_stderr")}
+    assert all(r["val/loss_stderr"] == 0 and 0 < r["val/loss"] < 7 for r in records)  # ARM: exact NLL
+    assert (tmp_path / "models" / "16k" / "model.safetensors").exists()
+
+
+def test_golden_losses_of_seeded_tiny_runs(tiny_data, tmp_path):
+    """Both families' seeded losses on the synthetic fixture, pinned (no network, seconds)."""
+    losses = {}
+    for family in ("mdm", "arm"):
+        folder = tmp_path / family
+        folder.mkdir()
+        group = {"family": family, "kind": "base", "flops": 4.0e8, "sizes": ["16k"]}  # ~65 steps
+        metrics = run_in_process(folder, tiny_data, group)
+        losses.update({f"{family}/16k/{key}": metrics[f"16k/{key}"] for key in ("train/loss", "val/loss")})
+    check_golden("tiny_pretrain_losses", losses, rel=1e-4)
+
+
+def test_cli_input_errors_are_one_line(tiny_data, tmp_path):
+    group = {"family": "mdm", "kind": "grid", "flops": 6.0e7, "sizes": ["16k"]}
+    params = write_params(tmp_path, group)
+    command = pretrain_cmd(tmp_path, params, tiny_data)
+    env = {**os.environ, "SMDM_TRACKING": "off", "PYTHONPATH": str(ROOT)}
+    cases = {"--group": ("nope", "no group 'nope'"), "--shards": (str(tmp_path / "none"), "meta.json")}
+    for flag, (value, message) in cases.items():
+        argv = list(command)
+        argv[argv.index(flag) + 1] = value
+        out = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

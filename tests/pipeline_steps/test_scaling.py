@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 
 from pipeline_steps import scaling
-from pipeline_steps.params import ParamsError
-from pipeline_steps.tracking import NullTracker
-from tests.pipeline_steps.test_isoflop_fit import (
-    BUDGETS, SIGMA, SIZE_EXPONENT, chinchilla_loss, true_n_opt,
+from pipeline_steps.core.params import ParamsError
+from pipeline_steps.core.tracking import NullTracker
+from tests.pipeline_steps.analysis.test_isoflop_fit import (
+    BUDGETS,
+    SIGMA,
+    SIZE_EXPONENT,
+    chinchilla_loss,
+    true_n_opt,
 )
 
 FAST = scaling.ScalingConfig(bootstrap=100, seed=0)
@@ -47,7 +51,7 @@ def make_records(families=("arm", "mdm"), budgets=BUDGETS, sizes=5, seed=0, dag_
 @pytest.fixture
 def no_figures(monkeypatch):
     """Rendering costs ~1.5 s a run on 2 cores: only the end-to-end test draws for real."""
-    from pipeline_steps import scaling_figures
+    from pipeline_steps.analysis import scaling_figures
 
     def placeholder(*args) -> None:
         Path(args[-1]).parent.mkdir(parents=True, exist_ok=True)
@@ -205,8 +209,8 @@ def test_cli_reads_params_and_flags_override(tmp_path, no_figures, monkeypatch, 
     params = tmp_path / "params.yaml"
     params.write_text("scaling:\n  bootstrap: 50\n  seed: 3\n  confidence: 0.9\n  strict: true\n")
     out, metrics = tmp_path / "out", tmp_path / "metrics" / "scaling.json"
-    with pytest.raises(SystemExit, match="no interior minimum"):
-        scaling.main(["--runs", str(runs), "--out", str(out), "--params", str(params)])
+    assert scaling.main(["--runs", str(runs), "--out", str(out), "--params", str(params)]) == 2
+    assert "no interior minimum" in capsys.readouterr().err
     argv = ["--runs", str(runs), "--out", str(out), "--params", str(params), "--no-strict",
             "--bootstrap", "20", "--metrics", str(metrics)]
     with warnings.catch_warnings():
@@ -219,12 +223,12 @@ def test_cli_reads_params_and_flags_override(tmp_path, no_figures, monkeypatch, 
                       "budget_tolerance": 0.05}
     assert "compute_gap =" in capsys.readouterr().out
     params.write_text("scaling:\n  bootstrapp: 50\n")
-    with pytest.raises(SystemExit, match="unknown key"):
-        scaling.main(["--runs", str(runs), "--out", str(out), "--params", str(params)])
+    assert scaling.main(["--runs", str(runs), "--out", str(out), "--params", str(params)]) == 2
+    assert "unknown key" in capsys.readouterr().err
 
 
 def test_params_section_builds_the_config_strictly():
-    from pipeline_steps.params import build_config
+    from pipeline_steps.core.params import build_config
 
     cfg = build_config(scaling.ScalingConfig, {"bootstrap": 200, "strict": True}, "scaling")
     assert cfg == scaling.ScalingConfig(bootstrap=200, strict=True)

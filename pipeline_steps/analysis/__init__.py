@@ -1,0 +1,1 @@
+"""Fits and figures over run records: the IsoFLOP quadratics and power laws."""

@@ -1,0 +1,1 @@
+"""Where text and evaluation items come from: corpus sources and task sources."""

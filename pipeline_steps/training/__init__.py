@@ -1,0 +1,1 @@
+"""Pretraining: the `pretrain` configs, token windows over shards, the Lightning system, runs."""

@@ -1,0 +1,66 @@
+"""The Lightning "system" that trains one MDM or ARM: holds the backbone, calls model/ losses.
+
+The Trainer owns precision, devices, strategy, clipping, checkpointing and resume; this module
+only says what a step is and how the learning rate moves. Everything random in a step is seeded
+by (seed, step), so a run killed and resumed from its last checkpoint ends with the same weights.
+"""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from model.objectives import training_loss
+from model.transformer import Transformer
+from pipeline_steps.training.config import OptimConfig
+from pipeline_steps.training.token_windows import StepBatches, TokenStream
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate at `step` (0-based)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class TrainingSystem(L.LightningModule):
+    """One training run: backbone + objective + optimiser + this rank's data."""
+
+    def __init__(self, model: Transformer, optim: OptimConfig, stream: TokenStream, seq_len: int,
+                 global_batch: int, total_steps: int, seed: int, eps: float = 1e-3,
+                 stochastic_length_ratio: float = 0.0) -> None:
+        super().__init__()
+        self.model, self.optim, self.stream = model, optim, stream
+        self.seq_len, self.global_batch, self.total_steps = seq_len, global_batch, total_steps
+        self.seed, self.eps, self.stochastic_length_ratio = seed, eps, stochastic_length_ratio
+        self.recent_losses: list[float] = []
+
+    def train_dataloader(self):
+        batches = StepBatches(self.stream, self.seq_len, self.global_batch, self.total_steps, self.seed,
+                              rank=self.global_rank, world=self.trainer.world_size,
+                              start_step=lambda: self.trainer.global_step)
+        return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=0)
+
+    def training_step(self, window: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        step = self.trainer.global_step
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        rows = window.shape[0]
+        loss = training_loss(self.model, window, generator, self.eps, self.stochastic_length_ratio,
+                             global_batch=self.global_batch, row_offset=self.global_rank * rows)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=self.trainer.world_size > 1)
+        self.recent_losses = (self.recent_losses + [loss.item()])[-50:]
+        return loss
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.optim.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.optim.lr, betas=(self.optim.beta1, self.optim.beta2), foreach=True)
+        warmup = self.optim.warmup_steps(self.total_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, self.total_steps, warmup, self.optim.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
