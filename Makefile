@@ -1,5 +1,5 @@
 # The README's commands. `make run` installs and runs the whole DAG (PROFILE=default);
-# `make test` installs and runs every test. Both create .venv on first use.
+# `make test` installs, runs `ruff check` and every test. Both create .venv on first use.
 VENV ?= .venv
 PROFILE ?= default
 PYTEST_ARGS ?=
@@ -34,4 +34,5 @@ stop:
 # The browser test drives Debian's Chromium; install it when missing (CI runs as root).
 test: install
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) || true
+	ruff check .
 	python -m pytest -m "" $(PYTEST_ARGS)

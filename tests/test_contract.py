@@ -1,5 +1,6 @@
 """params.yaml, the profiles, the config dataclasses and dvc.yaml agree."""
 import dataclasses
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,49 @@ def test_every_stage_cli_is_documented(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "usage:" in out.stdout and "--debug" in out.stdout
+
+
+def cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**__import__("os").environ, "SMDM_TRACKING": "off", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_line_error(out: subprocess.CompletedProcess, *needles: str) -> None:
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert all(n in lines[0] for n in needles), lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", sorted(SECTIONS))
+def test_every_stage_says_what_is_wrong_with_its_params_in_one_line(stage, tmp_path):
+    group = ["--group", "arm_base"] if stage == "pretrain" else []
+    params = render("default", ROOT / "profiles")
+    missing = tmp_path / "absent.yaml"
+    one_line_error(cli(["-m", f"pipeline_steps.{stage}", "--params", str(missing), *group], tmp_path),
+                   str(missing), "smdm-profile")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("corpus: [unclosed\n")
+    one_line_error(cli(["-m", f"pipeline_steps.{stage}", "--params", str(broken), *group], tmp_path),
+                   str(broken), "YAML")
+    section = params[stage]["train"] if stage == "pretrain" else params[stage]
+    section["no_such_knob"] = 1
+    misspelt = tmp_path / "params.yaml"
+    misspelt.write_text(yaml.safe_dump(params))
+    out = cli(["-m", f"pipeline_steps.{stage}", "--params", str(misspelt), *group], tmp_path)
+    one_line_error(out, "no_such_knob", "unknown key")
+    debug = cli(["-m", f"pipeline_steps.{stage}", "--params", str(misspelt), *group, "--debug"], tmp_path)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ParamsError" in debug.stderr
+
+
+@pytest.mark.slow
+def test_profile_and_run_refuse_an_unknown_profile_before_starting_anything(tmp_path):
+    one_line_error(cli(["-m", "pipeline_steps.core.profile", "nope", "--out", str(tmp_path / "p.yaml")],
+                       ROOT), "nope", "profiles")
+    assert not (tmp_path / "p.yaml").exists()
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    one_line_error(cli(["-m", "flows", "up", "--root", str(tmp_path), "--profile", "nope"], tmp_path),
+                   "smdm-run", "nope")
+    assert not (tmp_path / ".smdm").exists()  # no server, no serve process, no layout written
