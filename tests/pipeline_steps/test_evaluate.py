@@ -2,6 +2,7 @@
 the tables and the figure, minimum n, and (slow) the CLI as dvc.yaml calls it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -212,7 +213,7 @@ def test_grid_models_spread_over_the_loss_range(tmp_path):
 @pytest.mark.slow
 def test_cli_as_dvc_calls_it(workspace, tmp_path):
     params = {"evaluate": {**{k: list(v) if isinstance(v, tuple) else v
-                              for k, v in vars(tiny_config()).items()}},
+                              for k, v in dataclasses.asdict(tiny_config()).items()}},
               "pretrain": {"groups": {"mdm_g1": {"family": "mdm", "kind": "grid"},
                                       "arm_g1": {"family": "arm", "kind": "grid"}}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

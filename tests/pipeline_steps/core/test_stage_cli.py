@@ -11,6 +11,11 @@ from pipeline_steps.core.files import finite_json
 from pipeline_steps.core.stage_cli import guarded, run_stage
 
 
+@pytest.fixture(autouse=True)
+def no_tracking(monkeypatch):
+    monkeypatch.setenv("SMDM_TRACKING", "off")  # a session fixture may have turned it on
+
+
 @dataclass(frozen=True)
 class ToyConfig:
     """A stage's config: one checked value."""
