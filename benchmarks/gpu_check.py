@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import model.transformer as transformer
-from model.config import config_for
+from model.config import FAMILIES, config_for
 from model.flops import budget_flops, training_matmul_flops
 from model.objectives import training_loss
 
@@ -98,7 +98,7 @@ def check_attention(device: torch.device, batch: int, heads: int, length: int, h
 def check_model(device: torch.device, size: str, vocab: int, length: int, batch: int) -> dict:
     """bf16-autocast loss and gradients of both families vs fp32 on the same weights and batch."""
     out = {}
-    for family in ("mdm", "arm"):
+    for family in FAMILIES:
         torch.manual_seed(0)
         with torch.device(device):
             model = transformer.Transformer(config_for(size, family, vocab, length))
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     print("model bf16:", json.dumps(report["model_bf16"]))
     report["throughput"] = []
     for size in sizes:
-        for family in ("arm", "mdm"):
+        for family in FAMILIES:
             r = train_throughput(device, size, family, vocab, length, batch, 2 if smoke else args.steps,
                                  mm_rate, args.compile)
             report["throughput"].append(r)

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.timing import interleaved, machine_line, median, paired_ratio, spread
+from model.config import FAMILIES
 from pipeline_steps.core.profile import render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", required=True, help="shard folder of a DAG run (data/shards)")
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder (data/tokenizer)")
-    parser.add_argument("--family", default="arm", choices=("arm", "mdm"))
+    parser.add_argument("--family", default="arm", choices=FAMILIES)
     parser.add_argument("--flops", type=float, default=1.0e11, help="budget per run")
     parser.add_argument("--sizes", nargs="+", default=["42k", "51k", "74k", "101k"])
     parser.add_argument("--repeats", type=int, default=2)

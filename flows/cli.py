@@ -114,15 +114,35 @@ def report(layout: servers.Layout, flow_run_id: str) -> None:
     print(f"stop both:  smdm-stop   (or python -m flows down --root {layout.root})")
 
 
+def stage_configs() -> dict[str, type]:
+    """Each stage's config class: the annotation of `cfg` in its module's `run` (one definition)."""
+    import importlib
+    import typing
+
+    code = Path(__file__).resolve().parents[1] / "pipeline_steps"  # the stages this process runs
+    stages = sorted(p.stem for p in code.glob("*.py"))
+    if not stages:
+        raise RuntimeError(f"{code}: no stage modules")
+    return {s: typing.get_type_hints(importlib.import_module(f"pipeline_steps.{s}").run)["cfg"]
+            for s in stages}
+
+
 def check_profile(args: argparse.Namespace) -> int:
-    """0 when the profile renders; else its one-line error and 2, before anything starts."""
+    """0 when every section of the profile builds its stage's config; else the one-line error and
+    exit status 2, before any server starts."""
+    from pipeline_steps.core.params import ParamsError, build_config
     from pipeline_steps.core.profile import render
     from pipeline_steps.core.stage_cli import guarded
 
-    if not args.profile:
-        return 0
-    return guarded("smdm-run", lambda: render(args.profile, Path(args.root) / "profiles") and None,
-                   args.debug)
+    def check() -> None:
+        root = Path(args.root)
+        params = render(args.profile, root / "profiles")
+        for stage, config in stage_configs().items():
+            if stage not in params:
+                raise ParamsError(f"profiles/{args.profile}.yaml: no section {stage!r}")
+            build_config(config, params[stage], stage)
+
+    return guarded("smdm-run", check, args.debug) if args.profile else 0
 
 
 def up(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ document, {"id", "source", "year", "text"}, its text short lines (verses, paragr
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 from collections.abc import Iterable, Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline_steps.core.errors import InputError
-from pipeline_steps.core.files import atomic_write_json, replace_dir, sha256_file, staging_dir
+from pipeline_steps.core.files import atomic_write_json, replace_dir, sha256_file, staging_dir, unit_hash
 from pipeline_steps.core.stage_cli import run_stage
 from pipeline_steps.core.tracking import Tracker
 from pipeline_steps.data.sources import SOURCES, hub, registry_documents
@@ -87,12 +86,6 @@ class CorpusConfig:
             raise ValueError("data_files must list at least one file for kind=local")
         if not self.text_field:
             raise ValueError("text_field must not be empty")
-
-
-def unit_hash(salt: str, key: str) -> float:
-    """A uniform number in [0, 1) from sha256: stable across runs, machines and Pythons."""
-    digest = hashlib.sha256(f"{salt}\0{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def assign_split(key: str, seed: int, val_fraction: float) -> str:

@@ -36,7 +36,7 @@ from pipeline_steps.core.stage_cli import run_stage
 from pipeline_steps.core.tracking import Tracker
 from pipeline_steps.data.task_sources.items import item_format, read_jsonl, subsample
 from pipeline_steps.scoring import tables
-from pipeline_steps.scoring.evaluator import EvalSettings, LoadedModel, evaluate_items, load_model
+from pipeline_steps.scoring.evaluator import METHODS, EvalSettings, LoadedModel, evaluate_items, load_model
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class EvaluateConfig:
     mc: MonteCarloConfig = field(default_factory=MonteCarloConfig)
     """Monte Carlo settings of every MDM likelihood (the paper: 1024 samples in blocks of 32)."""
     seed: int = 0
-    """Salt of the seeded item subsamples (the Monte Carlo seed is `mc.seed`)."""
+    """Salt of the seeded item subsamples (the Monte Carlo noise has its own, `mc.seed`)."""
     max_batch: int = 64
     """Most model rows per forward pass."""
     mdm_group: str = "mdm_base"
@@ -108,7 +108,7 @@ class EvaluateConfig:
             raise ValueError(f"tasks must be distinct, non-empty and without {list(NOT_HERE)} "
                              f"(later stages), got {list(self.tasks)}")
         missing = sorted(set(self.tasks) - set(self.methods))
-        wrong = {t: m for t, m in self.methods.items() if m not in (*LIKELIHOOD_METHODS, "greedy")}
+        wrong = {t: m for t, m in self.methods.items() if m not in METHODS}
         if missing or wrong:
             raise ValueError(f"methods: no method for {missing} or unknown methods {wrong}")
         if set(self.method_grid) - set(LIKELIHOOD_METHODS) or not self.cfg_grid:

@@ -358,8 +358,8 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("scaling", __doc__, {
         "--runs": ("runs/grid", "runs JSONL file or a folder of records"),
-        "--out": ("reports/scaling", "folder for scaling.json and figures")})
-    parser.set_defaults(params=None, metrics=None)  # standalone: defaults, no copy
+        "--out": ("reports/scaling", "folder for scaling.json and figures")},
+        metrics=None, params=None)  # standalone: ScalingConfig's defaults, no metrics copy
     parser.add_argument("--strict", action=argparse.BooleanOptionalAction, default=None,
                         help="fail when a curve has no interior minimum")
     parser.add_argument("--bootstrap", type=int, help="bootstrap replicates")

@@ -27,6 +27,12 @@ CLIS = [f"pipeline_steps.{stage}" for stage in SECTIONS] + [
     "pipeline_steps.scoring.evaluator", "pipeline_steps.core.profile"]
 
 
+def test_the_stages_config_classes_are_the_annotations_of_their_run():
+    from flows.cli import stage_configs
+
+    assert stage_configs() == SECTIONS
+
+
 def test_the_four_profiles_exist():
     assert {"debug", "default", "cpu-study", "paper"} <= set(PROFILES)
 
@@ -162,6 +168,12 @@ def test_profile_and_run_refuse_an_unknown_profile_before_starting_anything(tmp_
                        ROOT), "nope", "profiles")
     assert not (tmp_path / "p.yaml").exists()
     shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
-    one_line_error(cli(["-m", "flows", "up", "--root", str(tmp_path), "--profile", "nope"], tmp_path),
+    one_line_error(cli(["-m", "flows", "up", "--root", str(tmp_path), "--profile", "nope"], ROOT),
                    "smdm-run", "nope")
-    assert not (tmp_path / ".smdm").exists()  # no server, no serve process, no layout written
+    (tmp_path / "profiles" / "bad.yaml").write_text("pretrain:\n  optim:\n    lr: 5\n")
+    try:
+        one_line_error(cli(["-m", "flows", "up", "--root", str(tmp_path), "--profile", "bad"], ROOT),
+                       "smdm-run", "pretrain.optim", "lr must be in (0, 1)")
+        assert not (tmp_path / ".smdm").exists()  # no server, no serve process, no layout written
+    finally:  # had it started anything, stop it
+        cli(["-m", "flows", "down", "--root", str(tmp_path)], ROOT)

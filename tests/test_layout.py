@@ -1,4 +1,4 @@
-"""The layout rules of ../shared/DESIGN.md ("Layers"), checked on the source: the stage modules
+"""The layout rules of the README ("Layout"), checked on the source: the stage modules
 are the DAG, packages never import stages, nothing imports in a cycle, and every stage's DVC
 deps cover every project module it imports (so a helper can never be missing from them)."""
 from __future__ import annotations

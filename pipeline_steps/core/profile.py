@@ -37,6 +37,9 @@ def merge(base: dict[str, Any], override: dict[str, Any], where: str = "") -> di
 
 def render(name: str, folder: Path = PROFILES) -> dict[str, Any]:
     """The full params of profile `name`."""
+    if not (folder / "default.yaml").exists():
+        raise ParamsError(f"{folder / 'default.yaml'}: missing; run from the project root (profiles/ "
+                          "holds default.yaml and the other profiles)")
     default = load_params(folder / "default.yaml")
     if name == "default":
         return default

@@ -21,34 +21,30 @@ INPUT_ERRORS = (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryE
 """What a user causes: a bad value or a missing or wrong input. Everything else is a bug."""
 
 
-def debug_requested(argv: list[str] | None = None) -> bool:
-    args = sys.argv[1:] if argv is None else argv
-    return "--debug" in args or os.environ.get("SMDM_DEBUG", "") not in ("", "0")
-
-
 def guarded(prog: str, body: Callable[[], int | None], debug: bool = False) -> int:
-    """Run `body`; an input error becomes `prog: message` on one line and exit status 2."""
+    """Run `body`; an input error becomes `prog: message` on one line and exit status 2
+    (unless `debug` or SMDM_DEBUG=1 asks for its traceback)."""
     try:
         return body() or 0
     except INPUT_ERRORS as err:
-        if debug:
+        if debug or os.environ.get("SMDM_DEBUG", "") not in ("", "0"):
             raise
         print(f"{prog}: {one_line(err)}", file=sys.stderr)
         return 2
 
 
 def stage_parser(stage: str, doc: str | None, paths: dict[str, tuple[str | None, str]],
-                 metrics: str | None = None) -> argparse.ArgumentParser:
-    """`--params`, one option per path (flag -> (default, help)), `--metrics` and `--debug`."""
+                 metrics: str | None = "", params: str | None = "params.yaml") -> argparse.ArgumentParser:
+    """`--params`, one option per path (flag -> (default, help)), `--metrics` and `--debug`.
+
+    `metrics` defaults to metrics/<stage>.json; None (like `params` None) means optional, unset."""
     parser = argparse.ArgumentParser(prog=f"python -m pipeline_steps.{stage}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml",
-                        help=f"params file, section `{stage}` (default: %(default)s)")
-    for flag, (default, text) in paths.items():
+    options = {"--params": (params, f"params file, section `{stage}`"), **paths,
+               "--metrics": (f"metrics/{stage}.json" if metrics == "" else metrics, "metrics JSON to write")}
+    for flag, (default, text) in options.items():
         shown = " (default: %(default)s)" if default is not None else ""
         parser.add_argument(flag, default=default, help=text + shown)
-    parser.add_argument("--metrics", default=metrics or f"metrics/{stage}.json",
-                        help="metrics JSON to write (default: %(default)s)")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an input error too")
     return parser

@@ -23,6 +23,8 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from pipeline_steps.core.files import unit_hash
+
 FIELDS = {"mc": ("id", "query", "choices", "gold"), "greedy": ("id", "query", "target"),
           "math": ("id", "question", "answer")}
 
@@ -68,12 +70,6 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
-
-
-def unit_hash(salt: str, key: str) -> float:
-    """A uniform number in [0, 1) from sha256: the same on every machine and Python."""
-    digest = hashlib.sha256(f"{salt}\0{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def group_of(item: dict) -> str:
