@@ -130,17 +130,15 @@ def stage_configs() -> dict[str, type]:
 def check_profile(args: argparse.Namespace) -> int:
     """0 when every section of the profile builds its stage's config; else the one-line error and
     exit status 2, before any server starts."""
-    from pipeline_steps.core.params import ParamsError, build_config
+    from pipeline_steps.core.params import build_config
     from pipeline_steps.core.profile import render
     from pipeline_steps.core.stage_cli import guarded
 
     def check() -> None:
-        root = Path(args.root)
-        params = render(args.profile, root / "profiles")
+        params = render(args.profile, Path(args.root) / "profiles")
         for stage, config in stage_configs().items():
-            if stage not in params:
-                raise ParamsError(f"profiles/{args.profile}.yaml: no section {stage!r}")
-            build_config(config, params[stage], stage)
+            if stage in params:  # a project may run only some of our stages (the tests' toy one)
+                build_config(config, params[stage], stage)
 
     return guarded("smdm-run", check, args.debug) if args.profile else 0
 
