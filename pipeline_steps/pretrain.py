@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from pipeline_steps.core.files import atomic_write_json, atomic_write_text
-from pipeline_steps.core.params import ParamsError, build_config, load_params, section
+from pipeline_steps.core.params import build_config, load_params, section
 from pipeline_steps.core.stage_cli import guarded, stage_parser
 from pipeline_steps.core.tracking import NullTracker, Tracker
 from pipeline_steps.training.config import PretrainConfig
@@ -26,8 +26,6 @@ METRIC_KEYS = ("train/loss", "val/loss", "val/loss_stderr")
 def run(cfg: PretrainConfig, group: str, shards_dir: str | Path, tokenizer_dir: str | Path,
         out_dir: str | Path, runs_file: str | Path, tracker: Tracker) -> dict[str, float]:
     """Train every run of `group` into `out_dir/<size>`, write its run records; flat metrics."""
-    if group not in cfg.groups:
-        raise ParamsError(f"pretrain.groups: no group {group!r}; groups: {sorted(cfg.groups)}")
     records = run_group(cfg, group, Path(shards_dir), Path(tokenizer_dir), Path(out_dir), tracker)
     if records is None:  # a data-parallel rank other than 0: it trained and writes nothing
         return {}
@@ -42,16 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         "--tokenizer": ("data/tokenizer", "folder with tokenizer.model"),
         "--out": (None, "artifact folder (default: models/pretrain/<group>)"),
         "--runs": (None, "run records JSONL (default: runs/<kind>/<group>.jsonl)")},
-        metrics="metrics/pretrain/<group>.json")
+        metrics="metrics/pretrain/<group>.json")  # <group> filled in below
     args = parser.parse_args(argv)
     if args.group is None:
         parser.error("--group is required")
 
     def body() -> None:
         cfg = build_config(PretrainConfig, section(load_params(args.params), "pretrain"), "pretrain")
-        if args.group not in cfg.groups:
-            raise ParamsError(f"pretrain.groups: no group {args.group!r}; groups: {sorted(cfg.groups)}")
-        group = cfg.groups[args.group]
+        group = cfg.group(args.group)
         out = args.out or f"models/pretrain/{args.group}"
         runs = args.runs or f"runs/{group.kind}/{args.group}.jsonl"
         # Lightning's DDP launcher re-runs this command for ranks > 0: they train and write nothing.

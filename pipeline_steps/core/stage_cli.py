@@ -34,14 +34,14 @@ def guarded(prog: str, body: Callable[[], int | None], debug: bool = False) -> i
 
 
 def stage_parser(stage: str, doc: str | None, paths: dict[str, tuple[str | None, str]],
-                 metrics: str | None = "", params: str | None = "params.yaml") -> argparse.ArgumentParser:
+                 metrics: str | None = "metrics/{stage}.json",
+                 params: str | None = "params.yaml") -> argparse.ArgumentParser:
     """`--params`, one option per path (flag -> (default, help)), `--metrics` and `--debug`.
-
-    `metrics` defaults to metrics/<stage>.json; None (like `params` None) means optional, unset."""
+    A default of None (for `metrics` and `params` too) leaves the option unset unless given."""
     parser = argparse.ArgumentParser(prog=f"python -m pipeline_steps.{stage}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     options = {"--params": (params, f"params file, section `{stage}`"), **paths,
-               "--metrics": (f"metrics/{stage}.json" if metrics == "" else metrics, "metrics JSON to write")}
+               "--metrics": (metrics and metrics.format(stage=stage), "metrics JSON to write")}
     for flag, (default, text) in options.items():
         shown = " (default: %(default)s)" if default is not None else ""
         parser.add_argument(flag, default=default, help=text + shown)

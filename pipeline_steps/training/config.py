@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from model.config import FAMILIES, MODEL_SIZES
+from pipeline_steps.core.params import ParamsError
 
 
 @dataclass(frozen=True)
@@ -150,3 +151,9 @@ class PretrainConfig:
     """Validation loss settings."""
     groups: dict[str, GroupConfig]
     """Named groups; dvc.yaml runs one stage per group (foreach)."""
+
+    def group(self, name: str) -> GroupConfig:
+        """The group `name`; an unknown name is an error listing the groups."""
+        if name not in self.groups:
+            raise ParamsError(f"pretrain.groups: no group {name!r}; groups: {sorted(self.groups)}")
+        return self.groups[name]

@@ -133,7 +133,7 @@ def run_group(cfg: PretrainConfig, name: str, shards: Path, tokenizer: Path, out
 
     Returns None on data-parallel ranks other than 0, which train but write nothing.
     """
-    group = cfg.groups[name]
+    group = cfg.group(name)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_hash = read_meta(shards).get("data_hash")
     records: dict[str, dict | None] = {}
@@ -188,4 +188,4 @@ def _train_in_worker(cfg: PretrainConfig, name: str, size: str, shards: Path, to
     else:
         tracking_uri, run_id = mlflow_run
         tracker = MlflowTracker(MlflowClient(tracking_uri=tracking_uri), run_id)
-    return train_one(cfg, cfg.groups[name], size, shards, tokenizer, out_dir, tracker)
+    return train_one(cfg, cfg.group(name), size, shards, tokenizer, out_dir, tracker)
