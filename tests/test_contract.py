@@ -17,6 +17,7 @@ from pipeline_steps.shards import ShardsConfig
 from pipeline_steps.tasks import TasksConfig
 from pipeline_steps.tokenizer import TokenizerConfig
 from pipeline_steps.training.config import PretrainConfig
+from tests.cli_errors import cli, one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "shards": ShardsConfig, "tasks": TasksConfig,
@@ -125,19 +126,6 @@ def test_every_stage_cli_is_documented(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "usage:" in out.stdout and "--debug" in out.stdout
-
-
-def cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**__import__("os").environ, "SMDM_TRACKING": "off", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def one_line_error(out: subprocess.CompletedProcess, *needles: str) -> None:
-    lines = out.stderr.strip().splitlines()
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
-    assert all(n in lines[0] for n in needles), lines[0]
 
 
 @pytest.mark.slow
