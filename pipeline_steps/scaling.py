@@ -94,6 +94,8 @@ class RunRecord:
     """Hash of the training data, to refuse mixing runs of different data."""
     tokenizer_hash: str | None = None
     """Hash of the tokenizer, likewise."""
+    source: str = dataclasses.field(default="", compare=False)
+    """Where the record was read (`file:line`), for messages."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -133,7 +135,7 @@ def parse_record(obj: Any, where: str) -> RunRecord:
             numbers[key] = _number(obj, key, where)
     hashes = {k: str(obj[k]) for k in HASH_FIELDS if obj.get(k) is not None}
     try:
-        return RunRecord(family=obj["family"], **numbers, **hashes)
+        return RunRecord(family=obj["family"], **numbers, **hashes, source=where)
     except ValueError as err:
         raise ScalingInputError(f"{where}: {err}") from None
 
@@ -204,6 +206,20 @@ def budget_labels(records: list[RunRecord], tolerance: float) -> list[float]:
             near = [b for b in declared if abs(label / b - 1.0) <= tolerance]
             labels[i] = near[0] if near else float(label)
     return labels
+
+
+def refuse_duplicates(records: list[RunRecord], labels: list[float]) -> None:
+    """One run per family, size and budget: a second record of the same cell (a stale or
+    copied file) would silently reweight that curve's fit and narrow its intervals."""
+    seen: dict[tuple[str, float, float], RunRecord] = {}
+    for record, label in zip(records, labels):
+        key = (record.family, record.n_params, label)
+        if key in seen:
+            raise ScalingInputError(
+                f"{seen[key].source} and {record.source} are both the {record.family} run of "
+                f"N={record.n_params:.0f} at budget {label:.3g} FLOPs: expected one record per "
+                "family, size and budget (remove the stale or duplicated one)")
+        seen[key] = record
 
 
 def family_curves(records: list[RunRecord], labels: list[float], family: str) -> list[fit.BudgetCurve]:
@@ -323,6 +339,7 @@ def run(
     records = read_runs(runs_path)
     hashes = common_hashes(records)
     labels = budget_labels(records, cfg.budget_tolerance)
+    refuse_duplicates(records, labels)
     curves = {f: family_curves(records, labels, f) for f in FIT_ORDER}
     rng = np.random.default_rng(cfg.seed)
     notes: list[str] = []

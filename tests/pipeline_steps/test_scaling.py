@@ -12,6 +12,7 @@ import pytest
 from pipeline_steps import scaling
 from pipeline_steps.core.params import ParamsError
 from pipeline_steps.core.tracking import NullTracker
+from tests.cli_errors import cli, one_line_error
 from tests.pipeline_steps.analysis.test_isoflop_fit import (
     BUDGETS,
     SIGMA,
@@ -183,6 +184,8 @@ def test_edge_minimum_warns_with_budget_and_side_and_fails_when_strict(tmp_path,
         (lambda rs: [r.update(tokenizer_hash="t1") for r in rs if r["family"] == "mdm"],
          r"tokenizer_hash differs .*arm: \['t0'\]; mdm: \['t1'\]"),
         (lambda rs: rs.__delitem__(slice(2, 5)), r"arm: budget [56]\.?\d*e\+18 FLOPs has 2 distinct size"),
+        (lambda rs: rs.append(dict(rs[3], loss=rs[3]["loss"] + 0.01)),
+         r"runs.jsonl:4 and .*runs.jsonl:51 are both the arm run of N=\d+ at budget .*expected one record"),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path, no_figures, edit, match):
@@ -190,6 +193,18 @@ def test_bad_input_is_a_clear_error(tmp_path, no_figures, edit, match):
     edit(records)
     with pytest.raises(scaling.ScalingInputError, match=match):
         run_stage(tmp_path, records)
+
+
+@pytest.mark.slow
+def test_a_record_copied_into_a_second_file_is_refused_in_one_line(tmp_path):
+    records = make_records()
+    (tmp_path / "runs").mkdir()
+    write_jsonl(tmp_path / "runs" / "grid.jsonl", records)
+    write_jsonl(tmp_path / "runs" / "stale.jsonl", records[:1])
+    out = cli(["-m", "pipeline_steps.scaling", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
+              tmp_path)
+    one_line_error(out, "grid.jsonl:1 and", "stale.jsonl:1", "expected one record per family, size and budget")
+    assert not (tmp_path / "out").exists()
 
 
 def test_invalid_json_and_missing_path_name_the_place(tmp_path):
