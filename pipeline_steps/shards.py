@@ -12,6 +12,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import atomic_write_json, replace_dir, sha256_file, staging_dir
 from pipeline_steps.core.stage_cli import run_stage
 from pipeline_steps.core.tracking import Tracker
+from pipeline_steps.data.corpus_rows import read_texts
 
 SPLITS = ("train", "val")
 
@@ -65,12 +67,11 @@ def _encode_batch(texts: list[str]) -> np.ndarray:
 
 def _text_batches(corpus_file: Path, size: int) -> Iterator[list[str]]:
     batch: list[str] = []
-    with open(corpus_file) as handle:
-        for row in handle:
-            batch.append(json.loads(row)["text"])
-            if len(batch) == size:
-                yield batch
-                batch = []
+    for text in read_texts(corpus_file):  # (an InputError here reaches the caller through pool.imap)
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
     if batch:
         yield batch
 
@@ -139,25 +140,33 @@ def zip_batches(batches: Iterator[list[str]], pool) -> Iterator[tuple[list[str],
 def run(cfg: ShardsConfig, corpus_dir: Path, tokenizer_dir: Path, out_dir: Path,
         tracker: Tracker) -> dict[str, float]:
     model_file = Path(tokenizer_dir) / "tokenizer.model"
-    vocab = spm.SentencePieceProcessor(model_file=str(model_file)).get_piece_size()
+    try:
+        vocab = spm.SentencePieceProcessor(model_file=str(model_file)).get_piece_size()
+    except (OSError, RuntimeError):
+        raise InputError(f"{model_file}: missing or not a SentencePiece model (expected the "
+                         "tokenizer stage's output folder)") from None
     dtype = np.dtype(np.uint16 if vocab < 2**16 else np.uint32)
     stage = staging_dir(out_dir)
     meta = {"vocab_size": vocab, "tokenizer_sha256": sha256_file(model_file), "dtype": dtype.name,
             "corpus_sha256": {}, "splits": {}}
     metrics: dict[str, float] = {}
-    for split in SPLITS:
-        corpus_file = Path(corpus_dir) / f"{split}.jsonl"
-        if not corpus_file.exists():
-            raise FileNotFoundError(f"{corpus_file}: missing corpus split {split!r}")
-        writer = ShardWriter(stage, split, dtype, cfg.shard_tokens)
-        documents = encode_split(corpus_file, writer, model_file, cfg)
-        tokens = sum(s["tokens"] for s in writer.shards)
-        if tokens == 0:
-            raise InputError(f"{corpus_file}: no tokens (empty corpus split {split!r})")
-        meta["corpus_sha256"][split] = sha256_file(corpus_file)
-        meta["splits"][split] = {"documents": documents, "tokens": tokens, "shards": writer.shards}
-        metrics[f"{split}/tokens"] = float(tokens)
-        metrics[f"{split}/documents"] = float(documents)
+    try:
+        for split in SPLITS:
+            corpus_file = Path(corpus_dir) / f"{split}.jsonl"
+            if not corpus_file.exists():
+                raise FileNotFoundError(f"{corpus_file}: missing corpus split {split!r}")
+            writer = ShardWriter(stage, split, dtype, cfg.shard_tokens)
+            documents = encode_split(corpus_file, writer, model_file, cfg)
+            tokens = sum(s["tokens"] for s in writer.shards)
+            if tokens == 0:
+                raise InputError(f"{corpus_file}: no tokens (empty corpus split {split!r})")
+            meta["corpus_sha256"][split] = sha256_file(corpus_file)
+            meta["splits"][split] = {"documents": documents, "tokens": tokens, "shards": writer.shards}
+            metrics[f"{split}/tokens"] = float(tokens)
+            metrics[f"{split}/documents"] = float(documents)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)  # a bad split leaves no half-written folder
+        raise
     meta["data_hash"] = sha256_of_json(meta["corpus_sha256"] | {"tokenizer": meta["tokenizer_sha256"]})
     atomic_write_json(stage / "meta.json", meta)
     replace_dir(stage, Path(out_dir))

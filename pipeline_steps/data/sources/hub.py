@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import sha256_file
 from pipeline_steps.data.sources.document import Document, clean_text
 
@@ -19,12 +20,13 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".text": "text",
 _COMPRESSION = {".gz", ".bz2", ".xz", ".zst"}
 
 
-def builder_for(path: str | Path) -> str:
+def builder_for(path: str | Path, field: str = "data_files") -> str:
+    """The packaged `datasets` builder of a local file; `field` names the setting in an error."""
     suffixes = [s.lower() for s in Path(path).suffixes]
     while suffixes and suffixes[-1] in _COMPRESSION:
         suffixes.pop()
     if not suffixes or suffixes[-1] not in BUILDERS:
-        raise ValueError(f"data_files: cannot tell the format of {path} "
+        raise InputError(f"{field}: cannot tell the format of {path} "
                          f"(expected one of {sorted(BUILDERS)}, optionally compressed)")
     return BUILDERS[suffixes[-1]]
 
@@ -36,13 +38,24 @@ def _stream(*args: Any, **kwargs: Any) -> Iterable[dict]:
     return datasets.load_dataset(*args, streaming=True, **kwargs)
 
 
+def local_rows(path: str | Path, field: str = "data_files", **options: Any) -> Iterator[dict]:
+    """Stream the rows of one local file; a file its builder cannot parse is an InputError
+    naming `field` and the file (pyarrow's own errors would end in a traceback)."""
+    import pyarrow  # installed with `datasets`
+
+    try:
+        yield from _stream(builder_for(path, field), data_files=str(path), split="train", **options)
+    except (pyarrow.ArrowException, UnicodeDecodeError) as err:
+        raise InputError(f"{field}: cannot read {path} as {builder_for(path, field)}: {err}") from None
+
+
 def rows_to_documents(rows: Iterable[dict], source: str, text_field: str,
                       year: int | None) -> Iterator[Document]:
     """A document per row with non-empty text, numbered in stream order."""
     for index, row in enumerate(rows):
         if text_field not in row:
-            raise KeyError(f"{source}: rows have no field {text_field!r} "
-                           f"(fields: {sorted(row)}); set text_field")
+            raise InputError(f"{source}: row {index + 1} has no field text_field={text_field!r} "
+                             f"(fields: {sorted(row)}); set corpus.text_field to the field holding the text")
         text = clean_text(str(row[text_field] or "").splitlines())
         if text:
             yield Document(id=f"{source}/{index:09d}", source=source, year=year, text=text)
@@ -58,8 +71,7 @@ def hub_documents(name: str, config: str | None, split: str, text_field: str,
 def file_documents(path: str | Path, text_field: str, year: int | None) -> Iterator[Document]:
     """Stream one local file; plain text files give one document per blank-line paragraph."""
     builder = builder_for(path)
-    options = {"sample_by": "paragraph"} if builder == "text" else {}
-    rows = _stream(builder, data_files=str(path), split="train", **options)
+    rows = local_rows(path, **({"sample_by": "paragraph"} if builder == "text" else {}))
     field = "text" if builder == "text" else text_field
     yield from rows_to_documents(rows, source=Path(path).name, text_field=field, year=year)
 
@@ -73,7 +85,7 @@ def local_documents(data_files: tuple[str, ...], text_field: str,
     names = [Path(p).name for p in data_files]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"data_files: file names must be unique (they name sources): {duplicates}")
+        raise InputError(f"data_files: file names must be unique (they name sources): {duplicates}")
     for path in data_files:
         builder_for(path)
         if not Path(path).is_file():

@@ -23,13 +23,14 @@ a held-out split.
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline_steps.core.errors import InputError
+from pipeline_steps.data.corpus_rows import read_rows, read_texts
 from pipeline_steps.data.task_sources.items import greedy_item, mc_item
 
 # A sentence ends at . ! ? (maybe followed by a closing quote or bracket) before a space.
@@ -93,11 +94,9 @@ def train_sentence_keys(train_file: Path) -> set[int]:
     found here are blocked. Shorter sentences ("Amen.", "Oh!") recur everywhere and are free.
     """
     keys: set[int] = set()
-    with open(train_file, encoding="utf-8") as handle:
-        for row_text in handle:
-            for line in json.loads(row_text)["text"].splitlines():
-                keys.update(_key(s) for s in split_sentences(line)
-                            if word_count(s) >= MIN_SHARED_WORDS)
+    for text in read_texts(train_file):
+        for line in text.splitlines():
+            keys.update(_key(s) for s in split_sentences(line) if word_count(s) >= MIN_SHARED_WORDS)
     return keys
 
 
@@ -107,18 +106,16 @@ def read_val_documents(val_file: Path, skip_sources: tuple[str, ...] = (),
     if not val_file.exists():
         raise FileNotFoundError(f"{val_file}: the corpus val split is missing")
     documents = []
-    with open(val_file, encoding="utf-8") as handle:
-        for row_text in handle:
-            row = json.loads(row_text)
-            if row.get("source") in skip_sources:
-                continue
-            sentences = tuple(s for line in row["text"].splitlines() for s in split_sentences(line))
-            doc_id, source = str(row["id"]), str(row.get("source", ""))
-            group = doc_id[len(source) + 1:] if doc_id.startswith(source + "/") else doc_id
-            blocked = frozenset(i for i, sentence in enumerate(sentences)
-                                if train_keys and _key(sentence) in train_keys)
-            if sentences:
-                documents.append(ValDocument(doc_id, source, group, sentences, blocked))
+    for row in read_rows(val_file, ("id", "text")):
+        if row.get("source") in skip_sources:
+            continue
+        sentences = tuple(s for line in row["text"].splitlines() for s in split_sentences(line))
+        doc_id, source = str(row["id"]), str(row.get("source", ""))
+        group = doc_id[len(source) + 1:] if doc_id.startswith(source + "/") else doc_id
+        blocked = frozenset(i for i, sentence in enumerate(sentences)
+                            if train_keys and _key(sentence) in train_keys)
+        if sentences:
+            documents.append(ValDocument(doc_id, source, group, sentences, blocked))
     return documents
 
 
@@ -220,13 +217,16 @@ def continuation_items(val_file: Path, n: int, min_words: int, max_words: int, c
     if distractors not in DISTRACTORS:
         raise ValueError(f"in_domain_distractors must be one of {DISTRACTORS}, got {distractors!r}")
     documents = read_val_documents(val_file, skip_sources, train_keys)
-    if len({doc.group for doc in documents}) < 2:
-        raise ValueError(f"{val_file}: the continuation task needs >= 2 val documents "
-                         f"for distractors, got {len(documents)}")
+    groups = {doc.group for doc in documents}
+    if len(groups) < 2:
+        raise InputError(f"{val_file}: in_domain_continuation needs val text from >= 2 documents "
+                         f"(distractors come from other documents), found {len(groups)} after "
+                         f"in_domain_skip_sources={list(skip_sources)}; enlarge the corpus val split")
     sources = sorted({doc.source for doc in documents})
     if distractors == "other_source" and len(sources) < 2:
-        raise ValueError(f"{val_file}: in_domain_distractors=other_source needs val text from >= 2 "
-                         f"sources, found {sources}; use other_document")
+        raise InputError(f"{val_file}: in_domain_distractors=other_source needs val text from >= 2 "
+                         f"sources, found {sources} after in_domain_skip_sources={list(skip_sources)}; "
+                         "use other_document or add a source")
     answer_max = max(4, max_words // 2)  # keeps passage + answer under about 1.5 x max_words
     candidates = []
     for doc in documents:

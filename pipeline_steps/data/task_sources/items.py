@@ -18,44 +18,66 @@ share a passage with reported ones.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import unit_hash
 
 FIELDS = {"mc": ("id", "query", "choices", "gold"), "greedy": ("id", "query", "target"),
           "math": ("id", "question", "answer")}
 
 
+def _strings(item_id: str, **fields: object) -> None:
+    # Items also come from files people write: a number where text belongs is a ValueError here.
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            raise ValueError(f"item {item_id!r}: {name} must be a string, got {type(value).__name__} {value!r:.60}")
+
+
 def mc_item(item_id: str, query: str, choices: Sequence[str], gold: int) -> dict:
-    if len(choices) < 2 or not 0 <= gold < len(choices):
-        raise ValueError(f"{item_id}: need >= 2 choices and 0 <= gold < {len(choices)}, "
-                         f"got gold={gold}")
-    if query != query.rstrip() or not all(c.strip() for c in choices):
-        raise ValueError(f"{item_id}: query ends in whitespace or a choice is blank")
+    _strings(item_id, query=query)
+    if not isinstance(choices, (list, tuple)) or len(choices) < 2:
+        raise ValueError(f"item {item_id!r}: choices must be a list of >= 2 strings, got {choices!r:.60}")
+    _strings(item_id, **{f"choice {k}": c for k, c in enumerate(choices)})
+    if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
+        raise ValueError(f"item {item_id!r}: gold must be an integer in [0, {len(choices)}) (an index "
+                         f"into the {len(choices)} choices), got {gold!r}")
+    blank = [k for k, c in enumerate(choices) if not c.strip()]
+    if blank:
+        raise ValueError(f"item {item_id!r}: choice {blank[0]} is blank ({choices[blank[0]]!r}); every choice needs text")
+    if query != query.rstrip():
+        raise ValueError(f"item {item_id!r}: query ends in whitespace (the separating space belongs to each choice)")
     return {"id": item_id, "query": query, "choices": list(choices), "gold": int(gold)}
 
 
 def greedy_item(item_id: str, query: str, target: str) -> dict:
+    _strings(item_id, query=query, target=target)
     if query != query.rstrip() or not target.strip():
-        raise ValueError(f"{item_id}: query ends in whitespace or the target is blank")
+        raise ValueError(f"item {item_id!r}: query ends in whitespace or the target is blank")
     return {"id": item_id, "query": query, "target": target}
 
 
 def math_item(item_id: str, question: str, answer: str) -> dict:
+    _strings(item_id, question=question, answer=answer)
     if not question.strip() or not answer.strip():
-        raise ValueError(f"{item_id}: empty question or answer")
+        raise ValueError(f"item {item_id!r}: empty question or answer")
     return {"id": item_id, "question": question, "answer": answer}
 
 
+MAKERS = {"mc": mc_item, "greedy": greedy_item, "math": math_item}
+"""The checked constructor of each of FIELDS' formats (arguments in FIELDS order)."""
+
+
 def item_format(item: dict) -> str:
-    """Which of FIELDS an item has (its keys, exactly)."""
+    """Which of FIELDS an item has (its keys, exactly, in any order)."""
     for name, fields in FIELDS.items():
-        if tuple(item) == fields:
+        if set(item) == set(fields):
             return name
-    raise ValueError(f"item {item.get('id')!r} has fields {sorted(item)}, not one of {FIELDS}")
+    shapes = "; ".join(f"{name} {{{', '.join(fields)}}}" for name, fields in FIELDS.items())
+    raise ValueError(f"item {item.get('id')!r} has fields {sorted(item)}, expected those of one "
+                     f"format: {shapes}")
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
@@ -67,9 +89,41 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return count
 
 
+def _json_lines(path: str | Path) -> Iterator[tuple[int, object]]:
+    """(1-based line number, value) of each non-blank line; bad JSON names the file and line."""
+    with open(path, "rb") as handle:  # bytes: json.loads decodes them, so bad UTF-8 names its line too
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line.rstrip(b"\r\n"))
+            except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+                reason = f"column {err.colno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else err
+                raise InputError(f"{path}:{number}: not valid JSON ({reason}); expected one JSON "
+                                 "object per line") from None
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    return [row for _, row in _json_lines(path)]
+
+
+def read_items(path: str | Path) -> list[dict]:
+    """The items of an evaluation file, each checked as its constructor checks it, all of one
+    format; a bad line is an InputError naming the file and its 1-based line number."""
+    found: list[dict] = []
+    for number, item in _json_lines(path):
+        try:
+            if not isinstance(item, dict):
+                raise ValueError(f"a JSON {type(item).__name__}, not an object")
+            kind = item_format(item)
+            if found and kind != item_format(found[0]):
+                raise ValueError(f"a {kind} item among {item_format(found[0])} items; a file "
+                                 "holds items of one format")
+            MAKERS[kind](*(item[field] for field in FIELDS[kind]))
+        except ValueError as err:
+            raise InputError(f"{path}:{number}: {err}") from None
+        found.append(item)
+    return found
 
 
 def group_of(item: dict) -> str:

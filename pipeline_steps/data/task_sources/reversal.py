@@ -18,6 +18,7 @@ import itertools
 import random
 from pathlib import Path
 
+from pipeline_steps.core.errors import InputError
 from pipeline_steps.data.task_sources.items import read_jsonl
 
 REQUIRED = ("p2d_prompts_train", "d2p_prompts_train", "both_prompts_train", "p2d_prompts_test",
@@ -136,8 +137,9 @@ def load_folder(folder: str | Path) -> dict[str, list[dict]]:
     for name in REQUIRED:
         rows = read_jsonl(folder / f"{name}.jsonl")
         for i, row in enumerate(rows):
-            if not (isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str)):
-                raise ValueError(f"{folder / name}.jsonl line {i + 1}: needs string "
+            if not (isinstance(row, dict) and isinstance(row.get("prompt"), str)
+                    and isinstance(row.get("completion"), str)):
+                raise InputError(f"{folder / name}.jsonl row {i + 1}: needs string "
                                  "`prompt` and `completion`")
         files[name] = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
     return with_all_train(files)

@@ -15,12 +15,9 @@ import pytest
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline_steps.core.files import sha256_file  # noqa: E402
-from pipeline_steps.data.sources import (  # noqa: E402
-    archive, austen, brown, hub, registry, sword, wordnet)
-from pipeline_steps.data.sources.document import (  # noqa: E402
-    MAX_LINE_CHARS, clean_text, split_long_line)
-
+from pipeline_steps.core.errors import InputError  # noqa: E402
+from pipeline_steps.data.sources import archive, austen, brown, hub, registry, sword, wordnet  # noqa: E402
+from pipeline_steps.data.sources.document import MAX_LINE_CHARS, clean_text, split_long_line  # noqa: E402
 
 # ---------------------------------------------------------------- fixture builders
 
@@ -257,7 +254,7 @@ def test_local_files_stream_through_datasets(tmp_path):
     assert by_source["book.txt"] == ["First paragraph\nwrapped.", "Second one.", "Third."]
     assert by_source["table.parquet"] == ["row a", "row c"]  # empty rows dropped
     assert docs[0].id == "notes.jsonl/000000000" and {d.year for d in docs} == {1999}
-    with pytest.raises(KeyError, match="text_field"):
+    with pytest.raises(InputError, match="row 1 has no field text_field='text' \\(fields: \\['body'\\]\\)"):
         list(hub.local_documents((str(jsonl),), "text", None))
 
 

@@ -12,9 +12,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipeline_steps import tasks  # noqa: E402
-from pipeline_steps.data.task_sources import (  # noqa: E402
-    in_domain, items, math_problems, race, reversal)
 from pipeline_steps.core.tracking import NullTracker  # noqa: E402
+from pipeline_steps.data.task_sources import in_domain, items, math_problems, race, reversal  # noqa: E402
 
 # ---------------------------------------------------------------- in-domain
 
