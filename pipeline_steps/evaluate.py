@@ -28,15 +28,22 @@ from typing import Any
 
 import torch
 
-from model.likelihood import LIKELIHOOD_METHODS, MonteCarloConfig
+from model.likelihood import LIKELIHOOD_METHODS, MonteCarloConfig, check_early_stopping
 from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import atomic_write_json
 from pipeline_steps.core.params import load_params
 from pipeline_steps.core.stage_cli import run_stage
 from pipeline_steps.core.tracking import Tracker
-from pipeline_steps.data.task_sources.items import item_format, read_jsonl, subsample
+from pipeline_steps.data.task_sources.items import item_format, read_items, subsample
 from pipeline_steps.scoring import tables
-from pipeline_steps.scoring.evaluator import METHODS, EvalSettings, LoadedModel, evaluate_items, load_model
+from pipeline_steps.scoring.evaluator import (
+    METHODS,
+    EvalSettings,
+    LoadedModel,
+    check_device,
+    evaluate_items,
+    load_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +131,23 @@ class EvaluateConfig:
                              f"are below min_items={self.min_items}")
         if self.grid_models < 0 or self.threads < 0:
             raise ValueError("grid_models and threads must be >= 0")
-        self.settings("mc", 0.0)  # validates max_batch
+        if reason := self.mc_use():
+            try:
+                check_early_stopping("mc", self.mc)
+            except ValueError as err:
+                raise ValueError(f"mc: {err} (the MDM is scored by mc through {reason})") from None
+        self.settings("chain", 0.0)  # validates max_batch
+
+    def mc_use(self) -> str:
+        """Why some MDM cell uses the mc estimator ('' if none does): a task's method, the
+        selection grid or Table 11, on a multiple-choice task (a `greedy` task has targets)."""
+        choice_tasks = [t for t in self.tasks if self.methods[t] != "greedy"]
+        by_default = [t for t in choice_tasks if self.methods[t] == "mc"]
+        if by_default:
+            return f"methods of {by_default}"
+        if choice_tasks and "mc" in self.method_grid:
+            return "method_grid"
+        return "compare_methods (Table 11)" if choice_tasks and self.compare_methods else ""
 
     def settings(self, method: str, w: float, pad_to: int | None = None) -> EvalSettings:
         return EvalSettings(method=method, cfg_scale=w, mc=self.mc, pad_to=pad_to,
@@ -150,7 +173,7 @@ def load_tasks(cfg: EvaluateConfig, tasks_dir: Path) -> dict[str, TaskData]:
         folder = tasks_dir / task
         if not (folder / "test.jsonl").exists():
             raise FileNotFoundError(f"{task}: no {folder / 'test.jsonl'} (is it in tasks.tasks?)")
-        test = read_jsonl(folder / "test.jsonl")
+        test = read_items(folder / "test.jsonl")
         if len(test) < cfg.min_items:
             raise InputError(f"{task}: {len(test)} reported items, fewer than min_items="
                              f"{cfg.min_items}")
@@ -159,7 +182,7 @@ def load_tasks(cfg: EvaluateConfig, tasks_dir: Path) -> dict[str, TaskData]:
             raise InputError(f"{task}: items of kind {kind!r} cannot take method "
                              f"{cfg.methods[task]!r} (greedy items need `greedy`)")
         heldout_file = folder / "heldout.jsonl"
-        heldout = read_jsonl(heldout_file) if heldout_file.exists() else []
+        heldout = read_items(heldout_file) if heldout_file.exists() else []
         cap = cfg.task_max_items.get(task, cfg.max_items)
         out[task] = TaskData(kind, subsample(test, cap, f"evaluate:{cfg.seed}:{task}"),
                              subsample(heldout, cfg.heldout_items, f"select:{cfg.seed}:{task}"))
@@ -326,6 +349,7 @@ def run(cfg: EvaluateConfig, tasks_dir: str | Path, pretrain_dir: str | Path, ou
     `grid_groups`: pretrain groups of the MDM IsoFLOP grid Figure 3 may draw from.
     """
     started = time.perf_counter()
+    check_device(cfg.device, "evaluate.device")  # params alone cannot tell: the paper profile's cuda is fine on a GPU
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     tracker.log_params({f"evaluate/{k}": v for k, v in dataclasses.asdict(cfg).items()})

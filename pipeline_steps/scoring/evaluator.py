@@ -21,9 +21,10 @@ encode(choice) -- lm-eval's context/continuation split. A row longer than the mo
 lm-eval; at least one prompt token is kept, so an over-long continuation keeps its last tokens.
 
 Accuracy: `acc` is the argmax of the log-likelihoods, `acc_norm` the argmax of log-likelihood /
-len(choice) in characters (lm-eval's acc_norm; the choice's leading space counts); both with n
-and the binomial standard error sqrt(p (1 - p) / n). Cost: model rows evaluated (CFG's
-unconditional rows included) and wall seconds.
+the choice's length in characters without its leading delimiter space (lm-eval's acc_norm: there
+the space is `target_delimiter` and not part of the choice); both with n and the binomial
+standard error sqrt(p (1 - p) / n). Cost: model rows evaluated (CFG's unconditional rows
+included) and wall seconds.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ import sentencepiece as spm
 import torch
 from torch import nn
 
-from model.artifact import TOKENIZER, load_artifact
+from model.artifact import TOKENIZER, ArtifactError, load_artifact
 from model.likelihood import (
     LIKELIHOOD_METHODS,
     GreedyResult,
@@ -51,6 +52,7 @@ from model.likelihood import (
     Request,
     arm_greedy_match,
     arm_log_likelihood,
+    check_early_stopping,
     mdm_chain_rule_log_likelihood,
     mdm_elbo_log_likelihood,
     mdm_greedy_decode,
@@ -59,7 +61,7 @@ from model.likelihood import (
 from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import atomic_write_json, finite_json
 from pipeline_steps.core.stage_cli import guarded
-from pipeline_steps.data.task_sources.items import item_format, read_jsonl
+from pipeline_steps.data.task_sources.items import item_format, read_items
 
 METHODS = (*LIKELIHOOD_METHODS, "greedy")
 
@@ -88,6 +90,7 @@ class EvalSettings:
             raise ValueError(f"pad_to must be at least 2 (or None), got {self.pad_to}")
         if self.max_batch < 2:
             raise ValueError(f"max_batch must be >= 2 (a CFG row takes two), got {self.max_batch}")
+        check_early_stopping(self.method, self.mc)
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,26 @@ class LoadedModel:
         return self.config["context"] + (1 if self.family == "arm" else 0)
 
 
+def check_device(device: str, where: str = "device") -> None:
+    """A torch device this machine has; `where` names the option or params field."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"{where}: {device!r} is not a torch device; expected e.g. cpu or cuda") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"{where}: {device!r} asked for, but CUDA is not available on this machine; "
+                         "expected cpu")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"{where}: {device!r} asked for, but this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+
+
 def load_model(folder: str | Path, device: str = "cpu") -> LoadedModel:
-    model, config = load_artifact(folder, device)
+    check_device(device)
+    try:
+        model, config = load_artifact(folder, device)
+    except ArtifactError as err:  # model/ raises plain ValueErrors; here they are the user's input
+        raise InputError(str(err)) from None
     tokenizer_file = Path(folder) / TOKENIZER
     if not tokenizer_file.exists():
         raise FileNotFoundError(f"{tokenizer_file}: the artifact has no tokenizer")
@@ -193,14 +214,21 @@ def binomial_stderr(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n) if n else float("nan")
 
 
+def norm_length(choice: str) -> int:
+    """acc_norm's divisor: the choice's characters without the leading space that joins it to the
+    query (lm-eval's `len(choice)`, its delimiter " " being separate from the choice)."""
+    return len(choice.removeprefix(" "))
+
+
 def choice_accuracy(logliks: Sequence[Sequence[float]], choices: Sequence[Sequence[str]],
                     gold: Sequence[int]) -> dict[str, Any]:
-    """acc (argmax log-likelihood) and acc_norm (argmax log-likelihood / len(choice) in chars).
+    """acc (argmax log-likelihood) and acc_norm (argmax log-likelihood / `norm_length`).
 
     np.argmax takes the first of equal scores, as lm-eval does.
     """
     pred = [int(np.argmax(ll)) for ll in logliks]
-    pred_norm = [int(np.argmax(np.asarray(ll) / [len(c) for c in cs])) for ll, cs in zip(logliks, choices)]
+    pred_norm = [int(np.argmax(np.asarray(ll) / [norm_length(c) for c in cs]))
+                 for ll, cs in zip(logliks, choices)]
     n = len(gold)
     acc = sum(p == g for p, g in zip(pred, gold)) / n if n else float("nan")
     acc_norm = sum(p == g for p, g in zip(pred_norm, gold)) / n if n else float("nan")
@@ -280,16 +308,28 @@ def evaluate_items(lm: LoadedModel, items: Sequence[dict], s: EvalSettings,
     return result
 
 
-def _pad_to(value: str | None, lm: LoadedModel) -> int | None:
-    if value is None:
-        return None
-    return lm.config["context"] if value == "context" else int(value)
+def _pad_to(value: str) -> int | str:
+    """--pad-to: `context` (resolved once the model is loaded) or a whole number."""
+    if value == "context":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer (the padded row length) or `context`, "
+                                         f"got {value!r}") from None
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """A bad argument is one line naming it, exit status 2, like every other input error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     mc, default = MonteCarloConfig(), EvalSettings()  # the CLI's defaults are the dataclasses'
-    parser = argparse.ArgumentParser(prog="smdm-evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _OneLineParser(prog="smdm-evaluate", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model artifact folder (config.json, weights, "
                         "tokenizer.model)")
     parser.add_argument("--items", required=True, help="JSONL of items (multiple choice or greedy)")
@@ -307,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                              "is at most this (default: never)")
     parser.add_argument("--cfg", type=float, default=default.cfg_scale,
                         help="CFG scale w, MDM only (default: %(default)s)")
-    parser.add_argument("--pad-to", help="mask padding: an int, or `context` for the model's "
-                        "training context (MDM only; default: off)")
+    parser.add_argument("--pad-to", type=_pad_to, help="mask padding: an int, or `context` for the "
+                        "model's training context (MDM only; default: off)")
     parser.add_argument("--seed", type=int, default=mc.seed,
                         help="Monte Carlo base seed (default: %(default)s)")
     parser.add_argument("--max-batch", type=int, default=default.max_batch,
@@ -322,15 +362,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate_cli(args: argparse.Namespace) -> int:
-    lm = load_model(args.model, args.device)
-    try:
+    check_device(args.device, "--device")
+    pad_to = args.pad_to
+    try:  # every setting is checked before the model is loaded; `context` is resolved after
         mc = MonteCarloConfig(n_samples=args.samples, block_size=args.block, eps=args.eps,
                               target_stderr=args.target_stderr, seed=args.seed)
         settings = EvalSettings(method=args.method, cfg_scale=args.cfg, mc=mc,
-                                pad_to=_pad_to(args.pad_to, lm), max_batch=args.max_batch)
+                                pad_to=None if pad_to == "context" else pad_to, max_batch=args.max_batch)
     except ValueError as err:
         raise InputError(f"command line: {err}") from None
-    items = read_jsonl(args.items)[:args.limit]
+    lm = load_model(args.model, args.device)
+    if pad_to == "context":
+        settings = replace(settings, pad_to=lm.config["context"])
+    items = read_items(args.items)[:args.limit]
     result = {"items_file": str(args.items), **evaluate_items(lm, items, settings)}
     if args.out:
         atomic_write_json(args.out, result)

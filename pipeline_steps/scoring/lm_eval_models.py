@@ -12,10 +12,12 @@ names its output folders after it. `--batch_size` is the number of model rows pe
 (the estimators' `max_batch`), not a number of requests: one MDM request is up to 1024 rows.
 
 MDM model args: `method=mc|l_uniform|chain` (PAPER.md section 5), `mc_samples`, `mc_block`,
-`mc_eps`, `target_stderr` (early stopping) and `seed`, each defaulting to MonteCarloConfig's
-(the default profile's `evaluate.mc`; a block divides the samples; the paper: 1024 and 32),
-`cfg_scale=0`, `pad_to=` (mask padding, at most the model context), `greedy=true` (false skips
-the greedy decode behind `is_greedy`, which multiple-choice metrics never read).
+`mc_eps`, `target_stderr` (early stopping; refused for the mc estimator at mc_eps=0, which
+`loglikelihood_rolling` uses unless method=l_uniform) and `seed`, each defaulting to
+MonteCarloConfig's (the default profile's `evaluate.mc`; a block divides the samples; the paper:
+1024 and 32), `cfg_scale=0`, `pad_to=` (mask padding, at most the model context),
+`greedy=true` (false skips the greedy decode behind `is_greedy`, which multiple-choice metrics
+never read).
 
 Tokenization is `encode_request`, the same rule as our own evaluator, so both score identical
 token sequences.
@@ -43,6 +45,7 @@ from model.likelihood import (
     Request,
     arm_greedy_match,
     arm_log_likelihood,
+    check_early_stopping,
     mdm_chain_rule_log_likelihood,
     mdm_elbo_log_likelihood,
     mdm_greedy_decode,
@@ -214,6 +217,7 @@ class SmdmMDM(_ArtifactLM):
             eps=default.eps if mc_eps is None else float(mc_eps),
             seed=default.seed if seed is None else int(seed),
             target_stderr=default.target_stderr if target_stderr is None else float(target_stderr))
+        check_early_stopping("l_uniform" if method == "l_uniform" else "mc", self.mc)  # mc: rolling too
 
     def _estimate(self, method: str, requests: Sequence[Request]) -> list[float]:
         common = dict(cfg_scale=self.cfg_scale, pad_to=self.pad_to, max_batch=self.rows)

@@ -10,6 +10,8 @@ from torch import nn
 from model.config import ModelConfig
 from model.likelihood import (
     MonteCarloConfig,
+    _l_uniform_block,
+    _monte_carlo,
     _stratified_t_block,
     arm_greedy_match,
     arm_log_likelihood,
@@ -185,16 +187,38 @@ def test_each_block_stratifies_t_with_a_fresh_offset():
 def test_early_stopping_stops_at_the_first_block_boundary_below_the_target():
     model = tiny()
     request = [((0, 1), (2, 0, 1))]
-    full = mdm_elbo_log_likelihood(model, request, MonteCarloConfig(n_samples=1024, block_size=16))[0]
+    full = mdm_elbo_log_likelihood(model, request, MonteCarloConfig(1024, 16, eps=0.2))[0]
     target = 3 * full.stderr  # reached after roughly a tenth of the budget
-    stopped = mdm_elbo_log_likelihood(model, request, MonteCarloConfig(1024, 16, target_stderr=target))[0]
+    stopped = mdm_elbo_log_likelihood(model, request, MonteCarloConfig(1024, 16, eps=0.2, target_stderr=target))[0]
     assert stopped.n_samples % 16 == 0 and 4 * 16 <= stopped.n_samples < 1024
     assert stopped.stderr <= target
-    prefix = mdm_elbo_log_likelihood(model, request, MonteCarloConfig(stopped.n_samples, 16))[0]
+    prefix = mdm_elbo_log_likelihood(model, request, MonteCarloConfig(stopped.n_samples, 16, eps=0.2))[0]
     assert prefix.logprob == pytest.approx(stopped.logprob) and prefix.stderr == pytest.approx(stopped.stderr)
     if stopped.n_samples > 4 * 16:  # one block earlier was still above the target
-        earlier = mdm_elbo_log_likelihood(model, request, MonteCarloConfig(stopped.n_samples - 16, 16))[0]
+        earlier = mdm_elbo_log_likelihood(model, request, MonteCarloConfig(stopped.n_samples - 16, 16, eps=0.2))[0]
         assert earlier.stderr > target
+
+
+def test_early_stopping_of_mc_at_eps_0_is_refused_because_it_is_biased():
+    """Reference: over 100 seeds on the toy, early stopping (target 0.3 nats, blocks of 8) of the
+    eps = 0 estimator lands well above the enumerated ELBO; the l-uniform alternative the refusal
+    names does not. The biased run goes through the private loop, the public estimator refuses."""
+    model, request = tiny(), ((0, 1), (2, 0, 1))
+    exact = enumerated_elbo(model, *request)
+    stopping = [MonteCarloConfig(1024, 8, target_stderr=0.3, seed=s) for s in range(100)]
+    with pytest.raises(ValueError, match="l_uniform"):
+        mdm_elbo_log_likelihood(model, [request], stopping[0])
+
+    def errors(draw):
+        runs = [_monte_carlo(model, [request], mc, draw, 0.0, None, 64)[0] for mc in stopping]
+        errs = torch.tensor([r.logprob - exact for r in runs], dtype=torch.float64)
+        early = sum(r.n_samples < 1024 for r in runs) / len(runs)
+        return errs.mean().item(), errs.std().item() / len(runs) ** 0.5, early
+
+    bias, se, early = errors(_stratified_t_block(0.0))
+    assert early > 0.9 and bias > 0.1 and bias > 4 * se, (bias, se, early)  # measured: +0.20 +- 0.03
+    bias, se, early = errors(_l_uniform_block)
+    assert early > 0.9 and abs(bias) < 0.05 and abs(bias) < 3 * se, (bias, se, early)
 
 
 class GarbageAtPads(nn.Module):
@@ -310,6 +334,9 @@ def test_invalid_inputs_are_refused():
         MonteCarloConfig(eps=1.0)
     with pytest.raises(ValueError):
         MonteCarloConfig(target_stderr=0.0)
+    with pytest.raises(ValueError, match="use method l_uniform"):
+        mdm_elbo_log_likelihood(tiny(), REQUESTS, MonteCarloConfig(target_stderr=0.1))
+    mdm_elbo_log_likelihood(tiny(), REQUESTS[:1], MonteCarloConfig(eps=0.1, target_stderr=0.1))  # eps > 0: allowed
     with pytest.raises(ValueError, match="MDM"):
         mdm_chain_rule_log_likelihood(tiny("arm"), REQUESTS)
     with pytest.raises(ValueError, match="causal"):

@@ -9,8 +9,9 @@ Three record shapes, one JSON object per line:
 The scored text is `query + choice` (or `query + target`) verbatim, so the space between them
 belongs to the continuation, as in lm-eval: query "Question: ...\\nAnswer:", choice " text";
 a query never ends in whitespace. lm-eval reads these files as a local `json` dataset with
-`doc_to_text: "{{query}}"`, `doc_to_choice: "{{choices}}"`, `doc_to_target: "{{gold}}"` and
-`target_delimiter: ""` (the separating space is already in each choice).
+`doc_to_text: query`, `doc_to_target: gold`, the choices without their leading space
+and `target_delimiter: " "` (scoring/lm_eval_tasks/task_yamls.py), so that lm-eval's acc_norm
+divides by the choice's length without the space, as the evaluator's does.
 
 An id may name a group before a `#` (`val-doc-17#4`): items of one group (one article, one
 corpus document) always land on the same side of a held-out split, so held-out items never

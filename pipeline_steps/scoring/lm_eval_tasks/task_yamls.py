@@ -9,11 +9,16 @@ folder that `--include_path` (or `TaskManager(include_path=...)`) then indexes. 
                                                 and perplexity
     math            {"question","answer"}       skipped: generation comes with the samplers
 
-The scored text is query + choice verbatim (target_delimiter ""), the leading space being part of
-the choice. Fields are named directly (`doc_to_text: query`) rather than through Jinja
-("{{query}}"): lm-eval then returns the field as stored, where a rendered template would turn an
-all-digit query into an int, drop a trailing newline, or literal_eval a target that looks like a
-list. For well-formed items the two give the same requests.
+The scored text is query + choice verbatim, as our evaluator scores it. Multiple choice follows
+stock lm-eval: the choices lose the one leading space that joins them to the query and
+`target_delimiter: " "` puts it back, so lm-eval's acc_norm (log-likelihood / len(choice)) divides
+by the characters without that space, as pipeline_steps/scoring/evaluator.py does. (A choice
+without a leading space would be scored with one added: every task source writes it.) Fields are
+named directly (`doc_to_text: query`) rather than through Jinja ("{{query}}") where possible:
+lm-eval then returns the field as stored, where a rendered template would turn an all-digit query
+into an int, drop a trailing newline, or literal_eval a target that looks like a list. The
+choices do go through a template, which renders the stripped list as its Python repr and so reads
+back exactly. A greedy target keeps its space: a `loglikelihood` request has no delimiter.
 Data paths are written absolute: lm-eval resolves a relative `data_files` against the working
 directory, not the YAML.
 """
@@ -30,6 +35,9 @@ from pipeline_steps.data.task_sources.items import item_format
 log = logging.getLogger(__name__)
 
 PREFIX = "smdm_"
+STRIPPED_CHOICES = "{{ choices | map('regex_replace', '^ ', '') | list }}"
+"""Each choice without its one leading space (lm-eval's `regex_replace` filter); rendered as a
+Python list literal, which lm-eval reads back with ast.literal_eval."""
 
 
 def _metric(name: str, aggregation: str, higher_is_better: bool) -> dict:
@@ -54,8 +62,8 @@ def task_config(name: str, data_file: Path, kind: str, cache_dir: Path | None = 
         "target_delimiter": "",
     }
     if kind == "mc":
-        return {**config, "output_type": "multiple_choice", "doc_to_choice": "choices",
-                "doc_to_target": "gold",
+        return {**config, "output_type": "multiple_choice", "target_delimiter": " ",
+                "doc_to_choice": STRIPPED_CHOICES, "doc_to_target": "gold",
                 "metric_list": [_metric("acc", "mean", True), _metric("acc_norm", "mean", True)],
                 "metadata": {"version": 1}}
     if kind == "greedy":

@@ -108,6 +108,14 @@ def test_acc_norm_divides_by_the_choice_length_in_characters():
     assert out["acc_stderr"] == 0.0 and out["n"] == 1
 
 
+def test_acc_norm_leaves_out_the_leading_space_as_lm_eval_does():
+    # -1/1 < -1.9/2 without the space (lm-eval: len(choice), the space is target_delimiter);
+    # counting it, -1/2 > -1.9/3 would pick " a"
+    assert [evaluator.norm_length(c) for c in (" a", " bb", "c", "  d")] == [1, 2, 1, 2]
+    out = evaluator.choice_accuracy([[-1.0, -1.9]], [[" a", " bb"]], [1])
+    assert out["pred"] == [0] and out["pred_norm"] == [1] and out["acc_norm"] == 1.0
+
+
 def test_acc_norm_through_evaluate_items(artifacts, monkeypatch):
     items = [{"id": "x", "query": "the", "choices": [" a", " much longer choice"], "gold": 1}]
     fake = [LikelihoodEstimate(-2.0, 0.0, 0, 1), LikelihoodEstimate(-3.0, 0.0, 0, 1)]

@@ -39,7 +39,7 @@ from model.likelihood import (  # noqa: E402
 )
 from model.transformer import Transformer  # noqa: E402
 from pipeline_steps.data.task_sources.items import greedy_item, math_item, mc_item, write_jsonl  # noqa: E402
-from pipeline_steps.scoring.evaluator import split_request
+from pipeline_steps.scoring.evaluator import choice_accuracy, split_request
 from pipeline_steps.scoring.lm_eval_models import SmdmARM, SmdmMDM, encode_request  # noqa: E402
 from pipeline_steps.scoring.lm_eval_tasks import write_task_yamls  # noqa: E402
 
@@ -200,11 +200,27 @@ def test_lm_eval_reports_the_estimators_values_and_accuracy(model_name, args, ar
             assert np.mean(greedy) > 0 or not plain
             continue
         offsets = np.cumsum([0] + [len(it["choices"]) for it in items])
-        per_item = [np.array(lls[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
-        lengths = [np.array([len(c) for c in it["choices"]], dtype=float) for it in items]
-        acc = np.mean([ll.argmax() == it["gold"] for ll, it in zip(per_item, items)])
-        acc_norm = np.mean([(ll / n).argmax() == it["gold"] for ll, n, it in zip(per_item, lengths, items)])
-        assert (metrics["acc,none"], metrics["acc_norm,none"]) == pytest.approx((acc, acc_norm))
+        per_item = [lls[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        ours = choice_accuracy(per_item, [it["choices"] for it in items], [it["gold"] for it in items])
+        golds = [it["gold"] for it in items]
+        for key, pred in (("acc", ours["pred"]), ("acc_norm", ours["pred_norm"])):  # per item, exactly
+            assert [s[key] for s in samples] == [float(p == g) for p, g in zip(pred, golds)]
+        assert (metrics["acc,none"], metrics["acc_norm,none"]) == (ours["acc"], ours["acc_norm"])
+
+
+def test_task_yaml_scores_query_space_choice_and_normalises_as_our_evaluator(tasks):
+    """Stock lm-eval: choices without the leading space, target_delimiter " ", acc_norm over
+    len(choice); fixed log-likelihoods where counting the space would flip acc_norm."""
+    manager = TaskManager(include_path=str(tasks["yamls"]), include_defaults=False)
+    task = manager.load("smdm_tiny_mc")["tasks"]["smdm_tiny_mc"]
+    doc = {"id": "x", "query": "it is", "choices": [" a", " bb", " \"it's\" [1, 2]"], "gold": 1}
+    assert task.doc_to_choice(doc) == ["a", "bb", "\"it's\" [1, 2]"]
+    requests = task.construct_requests(doc, task.doc_to_text(doc))
+    assert [r.args for r in requests] == [("it is", c) for c in doc["choices"]]  # what we score
+    lls = [-1.0, -1.9, -100.0]
+    ours = choice_accuracy([lls], [doc["choices"]], [1])
+    lm_eval = task.process_results(doc, [(ll, False) for ll in lls])
+    assert ours["pred_norm"] == [1] and (lm_eval["acc"], lm_eval["acc_norm"]) == (ours["acc"], ours["acc_norm"])
 
 
 def rolling(lm, texts: list[str]) -> list[float]:
