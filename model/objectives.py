@@ -64,13 +64,20 @@ def mdm_loss(model: Transformer, window: torch.Tensor, generator: torch.Generato
              eps: float = 1e-3, stochastic_length_ratio: float = 0.0,
              global_batch: int | None = None, row_offset: int = 0) -> torch.Tensor:
     """The MDM training loss of a (B, L + 1) micro-batch: rows row_offset.. of the global batch."""
+    return mdm_loss_and_length(model, window, generator, eps, stochastic_length_ratio, global_batch, row_offset)[0]
+
+
+def mdm_loss_and_length(model: Transformer, window: torch.Tensor, generator: torch.Generator,
+                        eps: float = 1e-3, stochastic_length_ratio: float = 0.0,
+                        global_batch: int | None = None, row_offset: int = 0) -> tuple[torch.Tensor, int]:
+    """`mdm_loss` and the tokens per row it trained on (L, or the cut length l)."""
     tokens = window[:, :-1]
     rows = tokens.shape[0]
     length, p, masked = draw_training_noise(global_batch or rows, tokens.shape[1], generator, eps,
                                             stochastic_length_ratio)
     p = p[row_offset:row_offset + rows].to(tokens.device)
     masked = masked[row_offset:row_offset + rows].to(tokens.device)
-    return mdm_loss_given_noise(model, tokens[:, :length], p, masked).mean()
+    return mdm_loss_given_noise(model, tokens[:, :length], p, masked).mean(), length
 
 
 def arm_token_nll(model: Transformer, window: torch.Tensor) -> torch.Tensor:
@@ -87,9 +94,17 @@ def arm_loss(model: Transformer, window: torch.Tensor) -> torch.Tensor:
 def training_loss(model: Transformer, window: torch.Tensor, generator: torch.Generator,
                   eps: float = 1e-3, stochastic_length_ratio: float = 0.0,
                   global_batch: int | None = None, row_offset: int = 0) -> torch.Tensor:
+    return training_loss_and_length(model, window, generator, eps, stochastic_length_ratio, global_batch,
+                                    row_offset)[0]
+
+
+def training_loss_and_length(model: Transformer, window: torch.Tensor, generator: torch.Generator,
+                             eps: float = 1e-3, stochastic_length_ratio: float = 0.0,
+                             global_batch: int | None = None, row_offset: int = 0) -> tuple[torch.Tensor, int]:
+    """The training loss and the tokens per row it trained on, which the run's token count adds up."""
     if model.cfg.family == "mdm":
-        return mdm_loss(model, window, generator, eps, stochastic_length_ratio, global_batch, row_offset)
-    return arm_loss(model, window)
+        return mdm_loss_and_length(model, window, generator, eps, stochastic_length_ratio, global_batch, row_offset)
+    return arm_loss(model, window), window.shape[1] - 1
 
 
 def stratified_noise(n_seq: int, length: int, n_samples: int, seed: int,

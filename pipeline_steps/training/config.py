@@ -4,7 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from model.config import FAMILIES, MODEL_SIZES
+from model.flops import budget_flops, steps_for_budget
 from pipeline_steps.core.params import ParamsError
+
+MIN_STEPS = 5
+"""Fewest optimizer steps a run may get: a budget rounded to whole steps stays within 10% of C."""
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,9 @@ class OptimConfig:
     """... but at least this many steps (capped at a tenth of short runs)."""
     weight_decay: float = 0.1
     """AdamW decoupled weight decay."""
+    decay_norms: bool = True
+    """Decay the 1-d parameters (norm weights) too: the authors' code decays every parameter;
+    false exempts them, the common practice elsewhere (e.g. nanoGPT), for comparison."""
     beta1: float = 0.9
     """AdamW beta1."""
     beta2: float = 0.95
@@ -33,6 +40,8 @@ class OptimConfig:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def warmup_steps(self, total: int) -> int:
         return max(1, min(max(round(self.warmup_fraction * total), self.min_warmup_steps), total // 10 or 1))
@@ -83,6 +92,16 @@ class TrainConfig:
                      "parallel_runs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.mask_eps < 1:  # else p = (1 - eps) t + eps leaves (0, 1] and the 1/p-weighted loss is no ELBO
+            raise ValueError(f"mask_eps must be in [0, 1), got {self.mask_eps}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0: no clipping), got {self.grad_clip}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
+        ranks = self.devices * self.num_nodes
+        if self.global_batch % ranks:
+            raise ValueError(f"global_batch {self.global_batch} is not divisible by devices x num_nodes = {ranks} "
+                             "(each rank takes an equal share)")
         if self.parallel_runs > 1 and (self.devices > 1 or self.num_nodes > 1):
             raise ValueError("parallel_runs > 1 needs devices = num_nodes = 1 (runs, not ranks, share the machine)")
 
@@ -134,9 +153,18 @@ class GroupConfig:
             raise ValueError("sizes must name at least one model size")
         if not 0 <= self.stochastic_length_ratio <= 1:
             raise ValueError(f"stochastic_length_ratio must be in [0, 1], got {self.stochastic_length_ratio}")
+        if self.stochastic_length_ratio > 0 and self.family == "arm":
+            raise ValueError(f"stochastic_length_ratio is an MDM setting; the ARM group has {self.stochastic_length_ratio} "
+                             "(expected 0)")
         for size in (*self.sizes, *self.lr):
             if size not in MODEL_SIZES:
                 raise ValueError(f"unknown model size {size!r}; known sizes: {sorted(MODEL_SIZES)}")
+        repeated = sorted({size for size in self.sizes if self.sizes.count(size) > 1})
+        if repeated:  # each size trains into out_dir/<size>
+            raise ValueError(f"sizes lists {repeated} more than once; each size trains once per group")
+        stray = sorted(set(self.lr) - set(self.sizes))
+        if stray:
+            raise ValueError(f"lr names size(s) {stray} that are not in sizes {list(self.sizes)}")
 
 
 @dataclass(frozen=True)
@@ -151,6 +179,22 @@ class PretrainConfig:
     """Validation loss settings."""
     groups: dict[str, GroupConfig]
     """Named groups; dvc.yaml runs one stage per group (foreach)."""
+
+    def __post_init__(self) -> None:
+        # A run takes whole steps of B L tokens: with too few it trains on a budget it does not
+        # have (1 step at 100x its FLOPs, say), so every run of every group must get MIN_STEPS.
+        batch, seq_len = self.train.global_batch, self.train.seq_len
+        for name, group in self.groups.items():
+            for size in group.sizes:
+                n_params = MODEL_SIZES[size].n_params
+                steps = steps_for_budget(group.flops, n_params, batch, seq_len)
+                if steps < MIN_STEPS:
+                    per_step = budget_flops(n_params, batch * seq_len)
+                    raise ValueError(
+                        f"groups.{name}: {group.family} {size} at {group.flops:.3g} FLOPs gets {steps} optimizer "
+                        f"step(s) of {batch} x {seq_len} tokens ({per_step:.3g} FLOPs each, "
+                        f"{steps * per_step / group.flops:.2g}x the budget); expected >= {MIN_STEPS} steps: "
+                        f"flops >= {MIN_STEPS * per_step:.3g} or a smaller size")
 
     def group(self, name: str) -> GroupConfig:
         """The group `name`; an unknown name is an error listing the groups."""

@@ -11,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
+import sentencepiece as spm
 import torch
 
 from model.artifact import save_artifact
@@ -18,12 +19,19 @@ from model.config import config_for
 from model.flops import budget_flops, steps_for_budget, training_matmul_flops
 from model.objectives import arm_validation_nll, mdm_validation_elbo, stratified_noise
 from model.transformer import Transformer
+from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import replace_dir, sha256_file, staging_dir
 from pipeline_steps.core.run_tracking import child_tracker
 from pipeline_steps.core.tracking import Tracker
 from pipeline_steps.training.config import GroupConfig, PretrainConfig
 from pipeline_steps.training.system import TrainingSystem
-from pipeline_steps.training.token_windows import open_split, read_meta, unused_tail_tokens, validation_windows
+from pipeline_steps.training.token_windows import (
+    n_windows,
+    open_split,
+    read_meta,
+    unused_tail_tokens,
+    validation_windows,
+)
 
 RECORD = "run.json"
 
@@ -32,6 +40,25 @@ def run_key(cfg: PretrainConfig, group: GroupConfig, size: str, data_hash: str) 
     """Identifies a run's resume checkpoints: any change of settings starts afresh."""
     text = json.dumps([repr(cfg.train), repr(cfg.optim), repr(group), size, data_hash])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_data(cfg: PretrainConfig, shards: Path, tokenizer: Path) -> None:
+    """What the runs need of the data, checked before the first one trains (params alone are
+    checked when the config is built)."""
+    tokenizer_file = tokenizer / "tokenizer.model"
+    tokenizer_sha = sha256_file(tokenizer_file)
+    read_meta(shards, spm.SentencePieceProcessor(model_file=str(tokenizer_file)).get_piece_size())
+    seq_len, batch, wanted = cfg.train.seq_len, cfg.train.global_batch, cfg.validation.windows
+
+    def enough(split: str, needed: int, expected: str) -> None:
+        stream = open_split(shards, split, tokenizer_sha)
+        have = n_windows(stream, seq_len)
+        if have < needed:
+            raise InputError(f"{shards / 'meta.json'}: the {split} split has {stream.n_tokens} tokens, {have} window(s) "
+                             f"of seq_len + 1 = {seq_len + 1} tokens; expected at least {expected}")
+
+    enough("train", batch, f"one global batch of {batch} (lower pretrain.train.seq_len or global_batch, or add data)")
+    enough("val", wanted, f"pretrain.validation.windows = {wanted} (lower it or seq_len, or add data)")
 
 
 def make_trainer(cfg: PretrainConfig, steps: int, ckpt_dir: Path, logger) -> L.Trainer:
@@ -81,7 +108,6 @@ def train_one(cfg: PretrainConfig, group: GroupConfig, size: str, shards: Path, 
                             train.mask_eps, group.stochastic_length_ratio)
     key = run_key(cfg, group, size, meta["data_hash"])
     ckpt_dir = Path(train.checkpoint_dir) / key
-    tokens = steps * train.global_batch * train.seq_len
     tracker.log_params({"family": group.family, "size": size, "n_params": model_cfg.n_params,
                         "steps": steps, "lr": lr, "budget": group.flops, "seq_len": train.seq_len,
                         "global_batch": train.global_batch, "warmup_steps": optim.warmup_steps(steps),
@@ -93,6 +119,7 @@ def train_one(cfg: PretrainConfig, group: GroupConfig, size: str, shards: Path, 
     started = time.perf_counter()
     trainer.fit(system, ckpt_path=str(resume) if resumed else None)
     seconds = time.perf_counter() - started
+    tokens = system.trained_tokens  # steps x B x L, less what stochastic-length steps cut
     record = {"family": group.family, "size": size, "n_params": model_cfg.n_params,
               "flops": budget_flops(model_cfg.n_params, tokens), "budget": group.flops, "tokens": tokens,
               "steps": steps, "lr": lr, "seconds": seconds, "data_hash": meta["data_hash"],
@@ -104,7 +131,8 @@ def train_one(cfg: PretrainConfig, group: GroupConfig, size: str, shards: Path, 
         return None  # rank 0 validates and saves; the other ranks only trained
     record["train/loss"] = sum(system.recent_losses[-20:]) / max(1, len(system.recent_losses[-20:]))
     record["val/loss"], record["val/loss_stderr"] = validate(model, cfg, shards, tokenizer_sha)
-    matmul = training_matmul_flops(model_cfg, train.global_batch, train.seq_len) * steps
+    matmul = sum(training_matmul_flops(model_cfg, train.global_batch, length) * n
+                 for length, n in system.lengths.items())
     record["matmul_flops_per_second"] = matmul / seconds
     record["tokens_per_second"] = tokens / seconds
     stage = staging_dir(out_dir / size)
@@ -134,6 +162,7 @@ def run_group(cfg: PretrainConfig, name: str, shards: Path, tokenizer: Path, out
     Returns None on data-parallel ranks other than 0, which train but write nothing.
     """
     group = cfg.group(name)
+    check_data(cfg, shards, tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_hash = read_meta(shards).get("data_hash")
     records: dict[str, dict | None] = {}

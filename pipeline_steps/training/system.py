@@ -7,11 +7,12 @@ by (seed, step), so a run killed and resumed from its last checkpoint ends with 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import lightning as L
 import torch
 
-from model.objectives import training_loss
+from model.objectives import training_loss_and_length
 from model.transformer import Transformer
 from pipeline_steps.training.config import OptimConfig
 from pipeline_steps.training.token_windows import StepBatches, TokenStream
@@ -36,6 +37,8 @@ class TrainingSystem(L.LightningModule):
         self.seq_len, self.global_batch, self.total_steps = seq_len, global_batch, total_steps
         self.seed, self.eps, self.stochastic_length_ratio = seed, eps, stochastic_length_ratio
         self.recent_losses: list[float] = []
+        self.lengths: Counter[int] = Counter()
+        """Steps trained per sequence length (L, or a stochastic-length cut); kept in checkpoints."""
 
     def train_dataloader(self):
         batches = StepBatches(self.stream, self.seq_len, self.global_batch, self.total_steps, self.seed,
@@ -47,15 +50,30 @@ class TrainingSystem(L.LightningModule):
         step = self.trainer.global_step
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         rows = window.shape[0]
-        loss = training_loss(self.model, window, generator, self.eps, self.stochastic_length_ratio,
-                             global_batch=self.global_batch, row_offset=self.global_rank * rows)
+        loss, length = training_loss_and_length(self.model, window, generator, self.eps, self.stochastic_length_ratio,
+                                                global_batch=self.global_batch, row_offset=self.global_rank * rows)
+        self.lengths[length] += 1  # every rank draws the same length for the whole global batch
         self.log("train/loss", loss, prog_bar=True, sync_dist=self.trainer.world_size > 1)
         self.recent_losses = (self.recent_losses + [loss.item()])[-50:]
         return loss
 
+    @property
+    def trained_tokens(self) -> int:
+        """Tokens of the global batches trained on so far: B x the sum of the lengths used."""
+        return self.global_batch * sum(length * steps for length, steps in self.lengths.items())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lengths"] = dict(self.lengths)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.lengths = Counter(checkpoint["lengths"])
+
     def configure_optimizers(self):
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        def decayed(p: torch.Tensor) -> bool:  # 1-d parameters are the norm weights (the model has no biases)
+            return p.ndim >= 2 or self.optim.decay_norms
+
+        decay = [p for p in self.model.parameters() if decayed(p)]
+        no_decay = [p for p in self.model.parameters() if not decayed(p)]
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.optim.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}],

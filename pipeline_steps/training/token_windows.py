@@ -46,8 +46,12 @@ class TokenStream:
         return np.concatenate(out).astype(np.int64)
 
 
-def read_meta(shard_dir: str | Path) -> dict:
-    """A shard folder's meta.json (the one reader of it)."""
+META_KEYS = ("vocab_size", "tokenizer_sha256", "dtype", "splits", "data_hash")
+"""What the shards stage writes into meta.json and training reads."""
+
+
+def read_meta(shard_dir: str | Path, tokenizer_vocab: int | None = None) -> dict:
+    """A shard folder's meta.json (the one reader of it), checked against the tokenizer's vocabulary when given."""
     meta_file = Path(shard_dir) / "meta.json"
     if not meta_file.exists():
         raise ShardError(f"{meta_file}: missing (run the shards stage)")
@@ -57,6 +61,13 @@ def read_meta(shard_dir: str | Path) -> dict:
         raise ShardError(f"{meta_file}: not valid JSON ({err.msg}); re-run the shards stage") from None
     if not isinstance(meta, dict):
         raise ShardError(f"{meta_file}: expected a JSON object; re-run the shards stage")
+    missing = [key for key in META_KEYS if key not in meta]
+    if missing:
+        raise ShardError(f"{meta_file}: missing key(s) {missing}; re-run the shards stage")
+    if tokenizer_vocab is not None and meta["vocab_size"] != tokenizer_vocab:
+        # larger: the head predicts ids no token has; smaller: token ids index past the embedding
+        raise ShardError(f"{meta_file}: vocab_size {meta['vocab_size']} does not match the tokenizer's "
+                         f"{tokenizer_vocab} pieces; re-run the shards stage with this tokenizer")
     return meta
 
 

@@ -126,8 +126,9 @@ def wait_for_checkpoint(folder: Path, proc: subprocess.Popen, timeout: float = 3
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tiny_data, tmp_path):
-    # ~1200 steps: long enough that the kill lands mid-run even on an idle machine
-    group = {"family": "mdm", "kind": "base", "flops": 1.2e9, "sizes": ["16k"]}
+    # ~1200 steps: long enough that the kill lands mid-run even on an idle machine; stochastic
+    # length, so that the tokens trained on (counted per step) must survive the resume too
+    group = {"family": "mdm", "kind": "base", "flops": 1.2e9, "sizes": ["16k"], "stochastic_length_ratio": 0.25}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     for folder in (straight, killed):
         folder.mkdir()
@@ -145,6 +146,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_data, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record = json.loads((killed / "runs.jsonl").read_text())
     assert record["resumed"] is True
+    assert record["tokens"] == json.loads((straight / "runs.jsonl").read_text())["tokens"] < record["steps"] * 4 * 16
     a = load_file(straight / "models" / "16k" / "model.safetensors")
     b = load_file(killed / "models" / "16k" / "model.safetensors")
     for name in a:
@@ -153,7 +155,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_match_one_rank_with_the_whole_batch(tiny_data, tmp_path):
-    group = {"family": "mdm", "kind": "base", "flops": 3.0e7, "sizes": ["16k"]}
+    group = {"family": "mdm", "kind": "base", "flops": 8.0e7, "sizes": ["16k"]}  # 6 steps (>= MIN_STEPS)
     one, two = tmp_path / "one", tmp_path / "two"
     for folder in (one, two):
         folder.mkdir()
