@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 from flows import servers
+from pipeline_steps.core import run_tracking
 
 DEPLOYMENT = "smdm/full-paper"
 OUTPUTS = ("reports", "metrics", "models", "runs", "data")
@@ -104,13 +108,26 @@ def _start_time(task_run) -> float:
     return task_run.expected_start_time.timestamp() if task_run.expected_start_time else 0.0
 
 
+def mlflow_ui(layout: servers.Layout) -> str:
+    """The experiment's runs in MLflow's model-training view: MLflow 3.17 opens its GenAI view
+    (traces, judges, evaluation runs) unless the URL or the user's last choice says otherwise."""
+    query = urllib.parse.urlencode({"experiment_name": run_tracking.EXPERIMENT})
+    try:
+        with urllib.request.urlopen(f"{layout.mlflow_url}/api/2.0/mlflow/experiments/get-by-name?{query}",
+                                    timeout=10) as response:
+            experiment = json.loads(response.read())["experiment"]["experiment_id"]
+    except (OSError, ValueError, KeyError):  # no server or no experiment yet
+        return f"{layout.mlflow_url}/#/experiments?{run_tracking.UI_VIEW}"
+    return f"{layout.mlflow_url}/#/experiments/{experiment}/runs?{run_tracking.UI_VIEW}"
+
+
 def report(layout: servers.Layout, flow_run_id: str) -> None:
     print("\noutputs:")
     for folder in OUTPUTS:
         if (layout.root / folder).exists():
             print(f"  {layout.root / folder}")
     print(f"Prefect UI: {layout.prefect_url}/runs/flow-run/{flow_run_id}")
-    print(f"MLflow UI:  {layout.mlflow_url}  (experiment `smdm`, parent run `smdm/<flow run name>`)")
+    print(f"MLflow UI:  {mlflow_ui(layout)}  (parent run `smdm/<flow run name>`)")
     print(f"stop both:  smdm-stop   (or python -m flows down --root {layout.root})")
 
 
@@ -170,7 +187,7 @@ def status(args: argparse.Namespace) -> int:
     for name in servers.PROCESSES:
         pid = servers.running_pid(layout, name)
         print(f"{name:<8} {'pid ' + str(pid) if pid else 'not running'}")
-    print(f"Prefect UI: {layout.prefect_url}\nMLflow UI:  {layout.mlflow_url}")
+    print(f"Prefect UI: {layout.prefect_url}\nMLflow UI:  {mlflow_ui(layout)}")
     return 0
 
 

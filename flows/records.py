@@ -10,6 +10,9 @@ process (SMDM_STAGE_RUN_ID), which logs params, curves and metrics into it throu
 - the stage's metrics JSONs as artifacts under `metrics/`, and their values as metrics when
   the run has none yet (a skipped or restored stage never started its CLI, so every flow run's
   parent has one child per stage, each with the metrics that stage's outputs currently have).
+
+The flow process owns both runs (`smdm_process` tag): if it is killed before it ends them, the
+next flow run or stage on the same machine ends them KILLED (run_tracking.close_dead_runs).
 """
 from __future__ import annotations
 
@@ -45,8 +48,9 @@ def open_pipeline_run(root: Path, name: str, tags: dict[str, str]) -> Tracking |
         return None
     client = run_tracking.open_client(root)
     experiment = run_tracking.experiment_id(client, root)
+    run_tracking.close_dead_runs(client, experiment)  # left RUNNING by a flow run that was killed
     run_tags = {"mlflow.runName": name, "smdm_kind": "pipeline", **run_tracking.git_state(root),
-                "params_hash": run_tracking.params_hash(root / "params.yaml"), **tags}
+                "params_hash": run_tracking.params_hash(root / "params.yaml"), **run_tracking.owner_tags(), **tags}
     run = client.create_run(experiment, tags=run_tags)
     return Tracking(client.tracking_uri, experiment, run.info.run_id)
 
@@ -65,7 +69,7 @@ def open_stage_run(tracking: Tracking | None, stage: str) -> tuple[str | None, d
     if tracking is None:
         return None, {}
     tags = {"mlflow.parentRunId": tracking.parent_run_id, "mlflow.runName": stage,
-            "smdm_stage": stage, "smdm_kind": "stage", "smdm_status": "running"}
+            "smdm_stage": stage, "smdm_kind": "stage", "smdm_status": "running", **run_tracking.owner_tags()}
     run = tracking.client().create_run(tracking.experiment_id, tags=tags)
     env = {"MLFLOW_TRACKING_URI": tracking.uri, PIPELINE_RUN: tracking.parent_run_id, STAGE_RUN: run.info.run_id}
     return run.info.run_id, env

@@ -20,6 +20,9 @@ def test_parent_and_child_runs_with_metrics(stack, up_run):
     parent, children = mlflow_api.pipeline_run(base, up_run.flow_run_id)
     tags = mlflow_api.tags(parent)
     assert parent["info"]["status"] == "FINISHED" and tags["smdm_kind"] == "pipeline"
+    assert int(parent["info"]["end_time"]) >= max(int(child["info"]["end_time"]) for child in children.values())
+    experiment = mlflow_api.call(base, "experiments/get-by-name", experiment_name="smdm")["experiment"]
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
     assert tags["git_commit"] == run(["git", "rev-parse", "HEAD"], stack.root).strip()
     assert tags["git_dirty"] in ("true", "false") and tags["profile"] == "default"
     assert tags["params_hash"] == run_tracking.params_hash(stack.root / "params.yaml")

@@ -2,8 +2,9 @@
 
 Its dvc.yaml uses what the real one does: `foreach` (proc@a, proc@b), `matrix` (grid@p-1 ...
 grid@q-2), `${}` interpolation from params.yaml and `vars`, metrics files. Every stage goes
-through `step.py`, which appends its name to `runs.log` (a counter DVC does not track), fails
-while a file `FAIL-<stage>` exists, and logs a metric through the project's `stage_tracker`.
+through `step.py`, which appends its name to `runs.log` (a counter DVC does not track), logs a
+metric through the project's `stage_tracker`, and inside its run fails while a file
+`FAIL-<stage>` exists and waits (printing `waiting`) while a file `WAIT-<stage>` exists.
 """
 from __future__ import annotations
 
@@ -18,18 +19,22 @@ EDGES = {("gen", "proc@a"), ("gen", "proc@b"), ("proc@a", "grid@p-1"), ("proc@a"
 REPORT_SCORE = 0.75
 
 STEP = '''"""One toy stage: python step.py STAGE OUT [INPUT FILES or WORDS...]."""
-import json, pathlib, sys
+import json, pathlib, sys, time
 from pipeline_steps.core.run_tracking import stage_tracker
 
 stage, out, inputs = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3:]
 with open("runs.log", "a") as log:
     log.write(stage + "\\n")
 print(f"step {stage}: {len(inputs)} inputs", flush=True)
-if pathlib.Path(f"FAIL-{stage}").exists():
-    sys.exit(f"step {stage}: failing on purpose")
 out.parent.mkdir(parents=True, exist_ok=True)
 text = stage + "".join(pathlib.Path(i).read_text() if pathlib.Path(i).is_file() else i for i in inputs)
 with stage_tracker(stage) as tracker:
+    if pathlib.Path(f"WAIT-{stage}").exists():
+        print("waiting", flush=True)
+    while pathlib.Path(f"WAIT-{stage}").exists():
+        time.sleep(0.1)
+    if pathlib.Path(f"FAIL-{stage}").exists():
+        sys.exit(f"step {stage}: failing on purpose")
     if out.suffix == ".json":
         metrics = {"score": %(score)r, "inputs": float(len(inputs))}
         out.write_text(json.dumps(metrics))
@@ -78,7 +83,7 @@ stages:
 '''
 
 PARAMS = "out: out\nitems: [a, b]\ngen:\n  n: 3\n"
-IGNORED = "/.smdm/\nmlflow.db\n/mlartifacts/\nruns.log\nFAIL-*\n/remote/\n"
+IGNORED = "/.smdm/\nmlflow.db\n/mlartifacts/\nruns.log\nFAIL-*\nWAIT-*\n/remote/\n"
 
 
 def run(cmd: list[str], cwd: Path) -> str:
