@@ -4,7 +4,8 @@ A group is one family at one budget with one or more sizes (the IsoFLOP grid gro
 save ~10 s of start-up per process); each run trains for C / (6 N B L) steps, is validated on
 the same tokens with the same noise as every other run (common random numbers), and leaves a
 model artifact, a run record and its own MLflow run. A killed group resumes: finished runs are
-kept, the interrupted one restarts from its last checkpoint.
+kept (restored from train.checkpoint_dir when DVC deleted the outputs of the failed stage), the
+interrupted ones restart from their last checkpoint. Training workers die with the stage's process.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pipeline_steps.core.params import build_config, load_params, section
 from pipeline_steps.core.stage_cli import guarded, stage_parser
 from pipeline_steps.core.tracking import NullTracker, Tracker
 from pipeline_steps.training.config import PretrainConfig
-from pipeline_steps.training.runs import run_group
+from pipeline_steps.training.runs import die_with_parent, forget_finished, run_group, secondary_rank
 from pipeline_steps.training.token_windows import read_meta
 
 METRIC_KEYS = ("train/loss", "val/loss", "val/loss_stderr")
@@ -30,6 +31,7 @@ def run(cfg: PretrainConfig, group: str, shards_dir: str | Path, tokenizer_dir: 
     if records is None:  # a data-parallel rank other than 0: it trained and writes nothing
         return {}
     atomic_write_text(runs_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    forget_finished(cfg, records)  # the outputs are complete: a rerun no longer needs the copies
     return {f"{r['size']}/{key}": r[key] for r in records for key in METRIC_KEYS}
 
 
@@ -51,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or f"models/pretrain/{args.group}"
         runs = args.runs or f"runs/{group.kind}/{args.group}.jsonl"
         # Lightning's DDP launcher re-runs this command for ranks > 0: they train and write nothing.
-        if int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
+        if secondary_rank():
+            if int(os.environ.get("LOCAL_RANK", 0)):  # started by rank 0's process (or torchrun): die with it
+                die_with_parent(os.getppid())
             run(cfg, args.group, args.shards, args.tokenizer, out, runs, NullTracker())
             return
         from pipeline_steps.core.run_tracking import stage_tracker

@@ -76,9 +76,11 @@ class TrainConfig:
     log_every: int = 25
     """Steps between logged training losses."""
     checkpoint_dir: str = "cache/checkpoints"
-    """Resume checkpoints live here, outside DVC outputs, so a killed stage can resume."""
+    """Resume checkpoints and finished runs' copies live here (per run key), outside DVC outputs,
+    so a killed stage resumes and its rerun restores the finished runs DVC deleted with its outputs."""
     keep_checkpoints: bool = False
-    """Keep resume checkpoints after a run finishes (large at paper scale)."""
+    """Keep resume checkpoints after a run finishes, and the finished copies after the group has
+    (large at paper scale); by default both go once the group's outputs are complete."""
     threads: int = 1
     """torch intra-op threads on CPU; 0 = torch's default (tiny models on a busy 2-core machine
     run several times faster with 1: see benchmarks/RESULTS.md)."""

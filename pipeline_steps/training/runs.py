@@ -1,10 +1,15 @@
 """Training and validating the runs of one pretraining group (the stage: pipeline_steps/pretrain.py)."""
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import multiprocessing
+import os
 import shutil
+import signal
+import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -21,7 +26,7 @@ from model.objectives import arm_validation_nll, mdm_validation_elbo, stratified
 from model.transformer import Transformer
 from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import replace_dir, sha256_file, staging_dir
-from pipeline_steps.core.run_tracking import child_tracker
+from pipeline_steps.core.run_tracking import Killed, child_tracker
 from pipeline_steps.core.tracking import Tracker
 from pipeline_steps.training.config import GroupConfig, PretrainConfig
 from pipeline_steps.training.system import TrainingSystem
@@ -34,6 +39,10 @@ from pipeline_steps.training.token_windows import (
 )
 
 RECORD = "run.json"
+FINISHED = "finished"
+"""A finished run's artifact folder, kept under its checkpoint folder (outside the stage's DVC
+outputs, which DVC deletes before it reruns a failed stage) until the whole group has finished."""
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def run_key(cfg: PretrainConfig, group: GroupConfig, size: str, data_hash: str) -> str:
@@ -86,8 +95,9 @@ def validate(model: Transformer, cfg: PretrainConfig, shards: Path, tokenizer_sh
 
 
 def train_one(cfg: PretrainConfig, group: GroupConfig, size: str, shards: Path, tokenizer: Path,
-              out_dir: Path, tracker: Tracker) -> dict | None:
-    """Train, validate and save one run; returns its run record (None on ranks other than 0)."""
+              tracker: Tracker) -> dict | None:
+    """Train, validate and save one run into <checkpoint folder>/finished (the stage's process copies
+    it into its outputs: a worker never writes there); returns its run record (None on ranks > 0)."""
     tokenizer_file = tokenizer / "tokenizer.model"
     tokenizer_sha = sha256_file(tokenizer_file)
     stream = open_split(shards, "train", tokenizer_sha)
@@ -135,13 +145,17 @@ def train_one(cfg: PretrainConfig, group: GroupConfig, size: str, shards: Path, 
                  for length, n in system.lengths.items())
     record["matmul_flops_per_second"] = matmul / seconds
     record["tokens_per_second"] = tokens / seconds
-    stage = staging_dir(out_dir / size)
+    stage = staging_dir(ckpt_dir / FINISHED)
     save_artifact(model, stage, tokenizer_file, {"size": size, "run": record})
     (stage / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    replace_dir(stage, out_dir / size)
+    replace_dir(stage, ckpt_dir / FINISHED)
     tracker.log_metrics({k: v for k, v in record.items() if "/" in k or k.endswith("per_second")})
-    if not train.keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if not train.keep_checkpoints:  # the resume checkpoints; the finished copy goes with the group
+        for path in ckpt_dir.iterdir():
+            if path.is_dir() and path.name != FINISHED:
+                shutil.rmtree(path)
+            elif path.is_file():
+                path.unlink()
     return record
 
 
@@ -157,9 +171,12 @@ def lightning_logger(tracker: Tracker):
 
 def run_group(cfg: PretrainConfig, name: str, shards: Path, tokenizer: Path, out_dir: Path,
               tracker: Tracker) -> list[dict] | None:
-    """Every run of the group, `train.parallel_runs` at a time; finished runs (run.json) are kept.
+    """Every run of the group, `train.parallel_runs` at a time, into out_dir/<size>.
 
-    Returns None on data-parallel ranks other than 0, which train but write nothing.
+    A run whose settings and data are unchanged (same run_key) is not trained again: it is kept
+    from out_dir, or restored from its finished copy when DVC deleted out_dir after a failure
+    (`restored: true` in its record). Returns None on data-parallel ranks other than 0, which
+    train but write nothing.
     """
     group = cfg.group(name)
     check_data(cfg, shards, tokenizer)
@@ -168,35 +185,61 @@ def run_group(cfg: PretrainConfig, name: str, shards: Path, tokenizer: Path, out
     records: dict[str, dict | None] = {}
     pending = []
     for size in group.sizes:
-        done = out_dir / size / RECORD
-        if done.exists():
-            record = json.loads(done.read_text())
-            if record.get("run_key") == run_key(cfg, group, size, record.get("data_hash", "")):
-                records[size] = record
-                continue
-        pending.append(size)
+        key = run_key(cfg, group, size, data_hash)
+        finished = Path(cfg.train.checkpoint_dir) / key / FINISHED
+        record = _finished_record(out_dir / size, key)
+        if record is None:
+            record = _finished_record(finished, key)
+            if record is not None and not secondary_rank():  # rank 0 copies it back; the others skip it too
+                _place(finished, out_dir / size)
+        if record is None:
+            pending.append(size)
+        else:
+            records[size] = {**record, "restored": True}
+
+    def done(size: str, record: dict | None) -> None:
+        if record is not None:  # rank 0: the stage's own process puts the run into its outputs
+            _place(Path(cfg.train.checkpoint_dir) / record["run_key"] / FINISHED, out_dir / size)
+            record = {**record, "restored": False}
+        records[size] = record
+
+    stopped: list[BaseException] = []  # why the stage stopped the parallel runs, if it did
 
     def train_tracked(size: str, pool=None) -> None:
         with child_tracker(tracker, f"{group.family}-{size}-{name}",
                            {"family": group.family, "size": size, "smdm_stage": f"pretrain@{name}"},
                            data_hash=data_hash) as run:
             if pool is None:
-                records[size] = train_one(cfg, group, size, shards, tokenizer, out_dir, run)
-            else:  # the child MLflow run stays open here; the worker writes to it by id
-                mlflow_run = (run.tracking_uri, run.run_id) if hasattr(run, "run_id") else None
-                records[size] = pool.submit(_train_in_worker, cfg, name, size, shards, tokenizer,
-                                            out_dir, mlflow_run).result()
+                done(size, train_one(cfg, group, size, shards, tokenizer, run))
+                return
+            mlflow_run = (run.tracking_uri, run.run_id) if hasattr(run, "run_id") else None
+            try:  # the child MLflow run stays open here; the worker writes to it by id
+                done(size, pool.submit(_train_in_worker, cfg, name, size, shards, tokenizer, mlflow_run).result())
+            except Exception:
+                if stopped:  # its worker was killed by the stage: the run ends KILLED, not FAILED
+                    raise Killed(f"stopped by {stopped[0]!r}") from None
+                raise
 
     workers = min(cfg.train.parallel_runs, len(pending))
     if workers <= 1:
         for size in pending:
             train_tracked(size)
     else:
-        # Threads hold each run's MLflow context; spawned processes do the training.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool, \
-                ThreadPoolExecutor(workers) as threads:
-            for future in [threads.submit(train_tracked, size, pool) for size in pending]:
-                future.result()
+        # Threads hold each run's MLflow context; spawned processes do the training. They are
+        # spawned by the threads, and Linux's parent-death signal fires when the spawning thread
+        # ends: so the pool shuts down (its workers exit) before the threads do.
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=die_with_parent, initargs=(os.getpid(),))
+        with ThreadPoolExecutor(workers) as threads, pool:
+            try:
+                for future in [threads.submit(train_tracked, size, pool) for size in pending]:
+                    future.result()
+            except BaseException as err:  # a failed run, SIGTERM, Ctrl-C: stop the others now, not when they end
+                stopped.append(err)
+                threads.shutdown(wait=False, cancel_futures=True)  # runs not started yet never start
+                for worker in list(pool._processes.values()):  # Python 3.14: pool.kill_workers()
+                    worker.kill()
+                raise
     ordered = [records[size] for size in group.sizes]
     if any(r is None for r in ordered):
         return None
@@ -205,8 +248,64 @@ def run_group(cfg: PretrainConfig, name: str, shards: Path, tokenizer: Path, out
     return ordered
 
 
+def forget_finished(cfg: PretrainConfig, records: list[dict]) -> None:
+    """Remove the group's finished copies and checkpoints once its outputs are complete (the rerun
+    of a failed group needed them; unless `train.keep_checkpoints`)."""
+    if not cfg.train.keep_checkpoints:
+        for record in records:
+            shutil.rmtree(Path(cfg.train.checkpoint_dir) / record["run_key"], ignore_errors=True)
+
+
+def _finished_record(folder: Path, key: str) -> dict | None:
+    """The run record of a complete artifact folder of run `key` (written last, swapped in whole)."""
+    try:
+        record = json.loads((folder / RECORD).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+    return record if record.get("run_key") == key else None
+
+
+def _place(finished: Path, final: Path) -> None:
+    """Hard links to a finished run's files (copies across file systems), swapped in as `final`.
+    Nothing rewrites these files in place: artifacts are always written anew and swapped in."""
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    stage = staging_dir(final)
+    shutil.copytree(finished, stage, copy_function=link_or_copy, dirs_exist_ok=True)
+    replace_dir(stage, final)
+
+
+def secondary_rank() -> bool:
+    """A data-parallel rank other than 0, as Lightning's launchers mark the processes they start."""
+    return bool(int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)))
+
+
+def die_with_parent(parent: int, pdeathsig: bool = sys.platform.startswith("linux")) -> None:
+    """Make this process (a training worker) die with `parent`, which spawned it, SIGKILL included.
+
+    Linux: the kernel sends SIGKILL when the parent's spawning thread ends (PR_SET_PDEATHSIG).
+    Everywhere: a daemon thread exits the process once its parent is another (the orphan was
+    adopted). A parent that died before either was set up is caught by the same comparison.
+    """
+    if pdeathsig:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a failure leaves the thread below
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def _train_in_worker(cfg: PretrainConfig, name: str, size: str, shards: Path, tokenizer: Path,
-                     out_dir: Path, mlflow_run: tuple[str, str] | None) -> dict | None:
+                     mlflow_run: tuple[str, str] | None) -> dict | None:
     from mlflow.tracking import MlflowClient
 
     from pipeline_steps.core.run_tracking import MlflowTracker
@@ -217,4 +316,4 @@ def _train_in_worker(cfg: PretrainConfig, name: str, size: str, shards: Path, to
     else:
         tracking_uri, run_id = mlflow_run
         tracker = MlflowTracker(MlflowClient(tracking_uri=tracking_uri), run_id)
-    return train_one(cfg, cfg.group(name), size, shards, tokenizer, out_dir, tracker)
+    return train_one(cfg, cfg.group(name), size, shards, tokenizer, tracker)

@@ -126,7 +126,7 @@ def wait_for_checkpoint(folder: Path, proc: subprocess.Popen, timeout: float = 3
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tiny_data, tmp_path):
-    # ~1200 steps: long enough that the kill lands mid-run even on an idle machine; stochastic
+    # ~190 steps: long enough that the kill lands mid-run even on an idle machine; stochastic
     # length, so that the tokens trained on (counted per step) must survive the resume too
     group = {"family": "mdm", "kind": "base", "flops": 1.2e9, "sizes": ["16k"], "stochastic_length_ratio": 0.25}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
