@@ -17,6 +17,7 @@ at masked positions only (about half), so an MDM's ratio can exceed what the ARM
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="default", help="profile whose pretrain section and sizes to use")
     parser.add_argument("--runs", nargs="*", default=None, help="FAMILY:SIZE pairs instead of the profile's")
     parser.add_argument("--vocab", type=int, default=1024, help="vocabulary (the tokenizer's size)")
+    parser.add_argument("--batch", type=int, default=None, help="global batch instead of the profile's")
+    parser.add_argument("--seq-len", type=int, default=None, help="sequence length instead of the profile's")
     parser.add_argument("--steps", type=int, default=60, help="steps per timed call, warm-up included")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps at the start of each call")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
@@ -138,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     cfg = build_config(PretrainConfig, render(args.profile, Path(__file__).parents[1] / "profiles")["pretrain"],
                        "pretrain")
+    shape = {k: v for k, v in (("global_batch", args.batch), ("seq_len", args.seq_len)) if v is not None}
+    if shape:  # the ways in: a larger micro-batch, a shorter or longer context
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **shape))
     runs = [tuple(r.split(":")) for r in args.runs] if args.runs else profile_runs(cfg)
     timed = args.steps - args.warmup
     print(machine_line())
