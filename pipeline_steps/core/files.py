@@ -7,8 +7,11 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from pipeline_steps.core.errors import InputError
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -89,3 +92,18 @@ def finite_json(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite_json(v) for v in value]
     return value
+
+
+def json_lines(path: str | Path, expected: str = "one JSON object per line") -> Iterator[tuple[int, Any]]:
+    """(1-based line number, value) of each non-blank line of a JSONL file; a line that is not
+    JSON is an InputError naming the file and line, then `expected`."""
+    with open(path, "rb") as handle:  # bytes: json.loads decodes them, so bad UTF-8 names its line too
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line.rstrip(b"\r\n"))  # (else an error at its end is at column 1 of line 2)
+            except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+                reason = f"column {err.colno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else err
+                raise InputError(f"{path}:{number}: not valid JSON ({reason}); expected {expected}") from None
+            yield number, value

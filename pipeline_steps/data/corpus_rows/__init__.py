@@ -9,43 +9,30 @@ depend on this reader without depending on, or importing, the corpus sources.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline_steps.core.errors import InputError
+from pipeline_steps.core.files import json_lines
 
 EXPECTED = 'one JSON object per line, {"id", "source", "year", "text"} with a string "text"'
 
 
 def read_rows(path: str | Path, fields: tuple[str, ...] = ("text",)) -> Iterator[dict]:
     """Every document row of a corpus file in order; each must hold `fields` ("text" a string)."""
-    with open(path, "rb") as handle:  # bytes: json.loads decodes them, so bad UTF-8 names its line too
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line.rstrip(b"\r\n"))  # (else an error at its end is at column 1 of line 2)
-            except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
-                raise InputError(f"{path}:{number}: not valid JSON ({_reason(err)}); expected {EXPECTED}") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{number}: a JSON {type(row).__name__}, not an object; expected {EXPECTED}")
-            missing = [f for f in fields if f not in row]
-            if missing:
-                raise InputError(f"{path}:{number}: no field {missing[0]!r} (fields: {sorted(row)}); "
-                                 f"expected {EXPECTED}")
-            if not isinstance(row.get("text", ""), str):
-                raise InputError(f"{path}:{number}: \"text\" has type {type(row['text']).__name__}, "
-                                 f"not str; expected {EXPECTED}")
-            yield row
+    for number, row in json_lines(path, EXPECTED):
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{number}: a JSON {type(row).__name__}, not an object; expected {EXPECTED}")
+        missing = [f for f in fields if f not in row]
+        if missing:
+            raise InputError(f"{path}:{number}: no field {missing[0]!r} (fields: {sorted(row)}); "
+                             f"expected {EXPECTED}")
+        if not isinstance(row.get("text", ""), str):
+            raise InputError(f"{path}:{number}: \"text\" has type {type(row['text']).__name__}, "
+                             f"not str; expected {EXPECTED}")
+        yield row
 
 
 def read_texts(path: str | Path) -> Iterator[str]:
     """The text of every document of a corpus file, in order."""
     return (row["text"] for row in read_rows(path))
-
-
-def _reason(err: ValueError) -> str:
-    if isinstance(err, json.JSONDecodeError):
-        return f"column {err.colno}: {err.msg}"
-    return str(err)

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from pipeline_steps.core.errors import InputError
-from pipeline_steps.core.files import unit_hash
+from pipeline_steps.core.files import json_lines, unit_hash
 
 FIELDS = {"mc": ("id", "query", "choices", "gold"), "greedy": ("id", "query", "target"),
           "math": ("id", "question", "answer")}
@@ -90,29 +90,15 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return count
 
 
-def _json_lines(path: str | Path) -> Iterator[tuple[int, object]]:
-    """(1-based line number, value) of each non-blank line; bad JSON names the file and line."""
-    with open(path, "rb") as handle:  # bytes: json.loads decodes them, so bad UTF-8 names its line too
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line.rstrip(b"\r\n"))
-            except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-                reason = f"column {err.colno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else err
-                raise InputError(f"{path}:{number}: not valid JSON ({reason}); expected one JSON "
-                                 "object per line") from None
-
-
 def read_jsonl(path: str | Path) -> list[dict]:
-    return [row for _, row in _json_lines(path)]
+    return [row for _, row in json_lines(path)]
 
 
 def read_items(path: str | Path) -> list[dict]:
     """The items of an evaluation file, each checked as its constructor checks it, all of one
     format; a bad line is an InputError naming the file and its 1-based line number."""
     found: list[dict] = []
-    for number, item in _json_lines(path):
+    for number, item in json_lines(path):
         try:
             if not isinstance(item, dict):
                 raise ValueError(f"a JSON {type(item).__name__}, not an object")
