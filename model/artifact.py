@@ -106,8 +106,14 @@ def check_tokenizer(folder: str | Path, config: dict[str, Any]) -> None:
                             "trained with")
 
 
-def load_artifact(folder: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, dict[str, Any]]:
-    """The model (eval mode) and the artifact's config.json contents."""
+def load_artifact(folder: str | Path, device: str | torch.device = "cpu",
+                  context: int | None = None) -> tuple[Transformer, dict[str, Any]]:
+    """The model (eval mode) and the artifact's config.json contents.
+
+    `context` loads the model for longer (or shorter) sequences than it was trained on: positions
+    are rotary only (no learned position table), so the tables are recomputed at that length and
+    the weights are unchanged; positions past the training context are extrapolated until a
+    fine-tuning run at that length trains them."""
     folder = Path(folder)
     config_file, weights = folder / CONFIG, folder / WEIGHTS
     if not config_file.exists():
@@ -115,6 +121,10 @@ def load_artifact(folder: str | Path, device: str | torch.device = "cpu") -> tup
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: the model artifact has no weights")
     config, cfg = _read_config(config_file)
+    if context is not None:
+        if context < 1:
+            raise ArtifactError(f"{folder}: context must be a positive number of tokens, got {context}")
+        cfg = cfg.replace(context=context)
     model = Transformer(cfg)
     _check_weights(weights, model, config_file)
     check_tokenizer(folder, config)
