@@ -45,9 +45,10 @@ from pipeline_steps.shards import (
 )
 
 
-def stage_loop(pool, corpus: Path, out: Path, docs_per_task: int, dtype: np.dtype, encode=_encode_batch) -> int:
+def stage_loop(pool, corpus: Path, out: Path, docs_per_task: int, dtype: np.dtype, vocab: int,
+               encode=_encode_batch) -> int:
     """encode_split's loop without the pool start and the progress bar; returns tokens written."""
-    writer = ShardWriter(out, "train", dtype, ShardsConfig().shard_tokens)
+    writer = ShardWriter(out, "train", dtype, ShardsConfig().shard_tokens, vocab)
     batches = _text_batches(corpus, docs_per_task)
     if encode is _encode_batch:  # exactly the stage's code path
         encoded = (tokens for _, tokens in zip_batches(batches, pool))
@@ -62,7 +63,7 @@ def stage_loop(pool, corpus: Path, out: Path, docs_per_task: int, dtype: np.dtyp
 def numpy_threads(model: spm.SentencePieceProcessor, corpus: Path, out: Path, docs_per_task: int,
                   dtype: np.dtype, threads: int) -> int:
     """The candidate: sentencepiece's own threads and numpy output, no worker processes."""
-    writer = ShardWriter(out, "train", dtype, ShardsConfig().shard_tokens)
+    writer = ShardWriter(out, "train", dtype, ShardsConfig().shard_tokens, model.get_piece_size())
     for texts in _text_batches(corpus, docs_per_task):
         ids = model.encode(texts, out_type="numpy", add_bos=True, add_eos=True, num_threads=threads)
         writer.write(np.concatenate(ids))
@@ -95,7 +96,7 @@ def train_tokenizer(corpus: Path, model_file: Path, vocab: int = 2048) -> None:
 def same_output(pool, corpus: Path, out: Path, docs_per_task: int, dtype: np.dtype,
                 model: spm.SentencePieceProcessor, threads: int) -> None:
     """The candidate writes the same shard bytes as the stage's loop."""
-    stage_loop(pool, corpus, out, docs_per_task, dtype)
+    stage_loop(pool, corpus, out, docs_per_task, dtype, model.get_piece_size())
     expected = (out / "train_0000.bin").read_bytes()
     numpy_threads(model, corpus, out, docs_per_task, dtype, threads)
     if (out / "train_0000.bin").read_bytes() != expected:
@@ -147,9 +148,10 @@ def build_contenders(pool, corpus: Path, model_file: Path, out: Path, cfg: Shard
         "raw-1proc": lambda: sum(map(len, model.encode(texts, num_threads=1))) + 2 * len(texts),
         "raw-pool-split": lambda: sum(pool.map(_count_tokens, [texts[k::workers] for k in range(workers)])),
         "stage-cold": lambda: _stage_cold(corpus, out, dtype, model_file, cfg),
-        "stage-warm": lambda: stage_loop(pool, corpus, out, cfg.docs_per_task, dtype),
-        f"stage-warm-d{small}": lambda: stage_loop(pool, corpus, out, small, dtype),
-        f"stage-warm-d{small}-1thr": lambda: stage_loop(pool, corpus, out, small, dtype, _encode_batch_one_thread),
+        "stage-warm": lambda: stage_loop(pool, corpus, out, cfg.docs_per_task, dtype, model.get_piece_size()),
+        f"stage-warm-d{small}": lambda: stage_loop(pool, corpus, out, small, dtype, model.get_piece_size()),
+        f"stage-warm-d{small}-1thr": lambda: stage_loop(pool, corpus, out, small, dtype, model.get_piece_size(),
+                                                              _encode_batch_one_thread),
         "numpy-threads": lambda: numpy_threads(model, corpus, out, small, dtype, cores),
     }
 
@@ -198,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _stage_cold(corpus: Path, out: Path, dtype: np.dtype, model_file: Path, cfg: ShardsConfig) -> int:
-    writer = ShardWriter(out, "train", dtype, cfg.shard_tokens)
+    vocab = spm.SentencePieceProcessor(model_file=str(model_file)).get_piece_size()
+    writer = ShardWriter(out, "train", dtype, cfg.shard_tokens, vocab)
     encode_split(corpus, writer, model_file, cfg)
     return sum(s["tokens"] for s in writer.shards)
 

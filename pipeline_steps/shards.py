@@ -79,9 +79,10 @@ def _text_batches(corpus_file: Path, size: int) -> Iterator[list[str]]:
 class ShardWriter:
     """Appends token arrays to `<split>_<k>.bin` files, rolling over every `shard_tokens`."""
 
-    def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
+    def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int, vocab: int) -> None:
         self.folder, self.split, self.dtype, self.shard_tokens = folder, split, dtype, shard_tokens
         self.shards: list[dict] = []
+        self.counts = np.zeros(vocab, dtype=np.int64)  # token frequencies, for the unigram loss
         self._handle = None
         self._in_shard = 0
 
@@ -94,6 +95,7 @@ class ShardWriter:
         self._in_shard = 0
 
     def write(self, tokens: np.ndarray) -> None:
+        self.counts += np.bincount(tokens, minlength=self.counts.size)
         while tokens.size:
             if self._handle is None or self._in_shard == self.shard_tokens:
                 self._roll()
@@ -150,12 +152,13 @@ def run(cfg: ShardsConfig, corpus_dir: Path, tokenizer_dir: Path, out_dir: Path,
     meta = {"vocab_size": vocab, "tokenizer_sha256": sha256_file(model_file), "dtype": dtype.name,
             "corpus_sha256": {}, "splits": {}}
     metrics: dict[str, float] = {}
+    counts: dict[str, np.ndarray] = {}
     try:
         for split in SPLITS:
             corpus_file = Path(corpus_dir) / f"{split}.jsonl"
             if not corpus_file.exists():
                 raise FileNotFoundError(f"{corpus_file}: missing corpus split {split!r}")
-            writer = ShardWriter(stage, split, dtype, cfg.shard_tokens)
+            writer = ShardWriter(stage, split, dtype, cfg.shard_tokens, vocab)
             documents = encode_split(corpus_file, writer, model_file, cfg)
             tokens = sum(s["tokens"] for s in writer.shards)
             if tokens == 0:
@@ -164,14 +167,24 @@ def run(cfg: ShardsConfig, corpus_dir: Path, tokenizer_dir: Path, out_dir: Path,
             meta["splits"][split] = {"documents": documents, "tokens": tokens, "shards": writer.shards}
             metrics[f"{split}/tokens"] = float(tokens)
             metrics[f"{split}/documents"] = float(documents)
+            counts[split] = writer.counts
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)  # a bad split leaves no half-written folder
         raise
+    metrics["val/unigram_loss"] = unigram_loss(counts["train"], counts["val"])
     meta["data_hash"] = sha256_of_json(meta["corpus_sha256"] | {"tokenizer": meta["tokenizer_sha256"]})
     atomic_write_json(stage / "meta.json", meta)
     replace_dir(stage, Path(out_dir))
     tracker.log_metrics(metrics)
     return metrics
+
+
+def unigram_loss(train_counts: np.ndarray, val_counts: np.ndarray) -> float:
+    """Nats per val token under the train split's token frequencies (add-one, so a token unseen in
+    train costs a finite amount): the loss of a model that ignores context, and where an MDM that
+    has learned nothing else plateaus (its ELBO then equals this cross-entropy)."""
+    p = (train_counts + 1) / (train_counts.sum() + train_counts.size)
+    return float(-(val_counts * np.log(p)).sum() / val_counts.sum())
 
 
 def sha256_of_json(obj) -> str:

@@ -1,5 +1,6 @@
 """The `shards` stage: every token stored in order, self-describing meta.json, no half output."""
 import json
+import math
 import shutil
 
 import numpy as np
@@ -30,3 +31,16 @@ def test_empty_split_is_an_error(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="val.jsonl"):
         shards.run(shards.ShardsConfig(), corpus, tiny_data["tokenizer"], tmp_path / "out", NullTracker())
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+
+def test_unigram_loss_is_the_val_cross_entropy_under_add_one_train_frequencies(tiny_data, tmp_path):
+    metrics = shards.run(shards.ShardsConfig(shard_tokens=5000, workers=1), tiny_data["corpus"],
+                         tiny_data["tokenizer"], tmp_path / "shards", NullTracker())
+    train, val = (open_split(tiny_data["shards"], s) for s in ("train", "val"))
+    train_tokens, val_tokens = train.read(0, train.n_tokens).tolist(), val.read(0, val.n_tokens).tolist()
+    vocab = 320
+    naive = -sum(math.log((train_tokens.count(t) + 1) / (len(train_tokens) + vocab)) for t in val_tokens)
+    naive /= len(val_tokens)
+    assert metrics["val/unigram_loss"] == pytest.approx(naive, rel=1e-12)
+    assert 1 < metrics["val/unigram_loss"] < math.log(vocab)  # real text: below a uniform guess
