@@ -139,7 +139,7 @@ def train_one(cfg: PretrainConfig, group: GroupConfig, size: str, shards: Path, 
               "resumed": resumed}
     if trainer.global_rank != 0:
         return None  # rank 0 validates and saves; the other ranks only trained
-    record["train/loss"] = sum(system.recent_losses[-20:]) / max(1, len(system.recent_losses[-20:]))
+    record["train/loss"] = float(torch.stack(system.recent_losses).double().mean()) if system.recent_losses else 0.0
     record["val/loss"], record["val/loss_stderr"] = validate(model, cfg, shards, tokenizer_sha)
     matmul = sum(training_matmul_flops(model_cfg, train.global_batch, length) * n
                  for length, n in system.lengths.items())
