@@ -94,12 +94,13 @@ class EvaluateConfig:
     """Salt of the seeded item subsamples (the Monte Carlo noise has its own, `mc.seed`)."""
     max_batch: int = 64
     """Most model rows per forward pass."""
-    mdm_group: str = "mdm_base"
-    """Pretrain group of the MDM (models/pretrain/<group>/<size>)."""
-    arm_group: str = "arm_base"
-    """Pretrain group of the ARM."""
+    mdm_group: str = "mdm_c3/16k"
+    """The MDM: a pretrain group of one size, or `<group>/<size>` for one run of a grid (a base
+    model that is also a grid point is trained once)."""
+    arm_group: str = "arm_c3/16k"
+    """The ARM: a group of one size, or `<group>/<size>`."""
     stochlen_group: str | None = "mdm_stochlen"
-    """Pretrain group of the stochastic-length MDM (Table 10); skipped when not trained."""
+    """The stochastic-length MDM (Table 10), as above; skipped when not trained."""
     grid_models: int = 4
     """MDM grid models for Figure 3, spread evenly over validation loss (0: no figure data)."""
     grid_tasks: tuple[str, ...] = IN_DOMAIN
@@ -200,7 +201,10 @@ def chance(data: TaskData) -> float:
 # Models.
 
 def find_artifact(group_dir: Path) -> Path:
-    """The one size folder of a base group (models/pretrain/<group>/<size>)."""
+    """The one size folder of a base group (models/pretrain/<group>/<size>), or that size folder
+    itself when named as `<group>/<size>`."""
+    if (group_dir / "config.json").exists():
+        return group_dir
     sizes = sorted(p.parent for p in group_dir.glob("*/config.json"))
     if len(sizes) != 1:
         raise FileNotFoundError(f"{group_dir}: expected one model artifact folder, found "

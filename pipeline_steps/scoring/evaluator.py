@@ -1,6 +1,6 @@
 """Zero-shot evaluation of one model artifact on one JSONL of items (PAPER.md section 5).
 
-    smdm-evaluate --model models/pretrain/mdm_base/410k \\
+    smdm-evaluate --model models/pretrain/mdm_c3/16k \\
         --items data/tasks/arc_easy/test.jsonl --method mc --samples 128 --cfg 0.5 --out arc.json
 
 Items (pipeline_steps/data/task_sources/items.py): multiple choice {"id", "query", "choices", "gold"}

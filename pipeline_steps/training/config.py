@@ -53,7 +53,7 @@ class TrainConfig:
 
     seq_len: int = 64
     """L: tokens per training sequence (the paper: 2048)."""
-    global_batch: int = 8
+    global_batch: int = 16
     """B: sequences per optimizer step across all devices (the paper: 256)."""
     mask_eps: float = 1e-3
     """MDM: mask probability p = (1 - eps) t + eps."""

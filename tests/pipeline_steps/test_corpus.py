@@ -68,7 +68,8 @@ def test_split_is_deterministic_seeded_and_near_the_fraction():
 
 
 def test_registry_run_keeps_parallel_chapters_together(tmp_path, bible_cache):
-    cfg = CorpusConfig(sources=("kjv", "web"), val_fraction=0.3, download_dir=str(bible_cache))
+    cfg = CorpusConfig(sources=("kjv", "web"), val_fraction=0.3, max_year=None,
+                       download_dir=str(bible_cache))
     tracker = NullTracker()
     metrics = run(cfg, tmp_path / "corpus", tracker)
     train, val = (_read(tmp_path / "corpus" / f"{s}.jsonl") for s in ("train", "val"))

@@ -57,7 +57,7 @@ def workspace(tiny_data, tmp_path_factory) -> dict[str, Path]:
 
 
 def tiny_config(**changes) -> evaluate.EvaluateConfig:
-    values = dict(tasks=TASKS, max_items=5, heldout_items=None, min_items=5,
+    values = dict(tasks=TASKS, mdm_group="mdm_base", arm_group="arm_base", max_items=5, heldout_items=None, min_items=5,
                   mc=MonteCarloConfig(n_samples=4, block_size=2), cfg_grid=(0.0, 1.0), grid_models=2,
                   task_max_items={},
                   threads=0)
@@ -227,3 +227,15 @@ def test_cli_as_dvc_calls_it(workspace, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert "mdm/in_domain_continuation/acc" in metrics and "arm/arc_easy/acc" in metrics
     assert (tmp_path / "reports" / "figure3.png").exists()
+
+
+def test_a_base_model_can_be_one_run_of_a_grid_group(workspace):
+    cfg = tiny_config(mdm_group="mdm_g1/21k", arm_group="arm_base", stochlen_group="mdm_g1/33k")
+    models = evaluate.base_models(cfg, workspace["pretrain"])
+    assert models["mdm"].config["run"]["size"] == "21k"
+    assert models["mdm_stochlen"].config["run"]["size"] == "33k"
+    assert models["arm"].family == "arm"
+    with pytest.raises(FileNotFoundError, match="mdm_g1/74k: expected one model artifact folder"):
+        evaluate.base_models(tiny_config(mdm_group="mdm_g1/74k"), workspace["pretrain"])
+    with pytest.raises(FileNotFoundError, match=r"mdm_g1: expected one model artifact folder, found \['16k', '21k', '33k'\]"):
+        evaluate.base_models(tiny_config(mdm_group="mdm_g1"), workspace["pretrain"])
