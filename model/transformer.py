@@ -6,6 +6,7 @@ flags on the config: `causal` and one extra embedding row for [MASK].
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,36 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> t
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
+def attend_cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """q (B, H, n, hd) for the last n of the m key positions k, v (B, H, m, hd) -> (B, H, n, hd).
+
+    Causal with the queries aligned to the END of the keys (query i sits at position m - n + i),
+    which `is_causal` does not do when n < m (it aligns them to the start). SDPA everywhere: the
+    cached path is for incremental decoding, where one query row makes the kernel choice moot.
+    """
+    n, m = q.shape[-2], k.shape[-2]
+    if n == 1:  # the one new token sees every cached position: no mask at all
+        return F.scaled_dot_product_attention(q, k, v)
+    allowed = torch.arange(m, device=q.device)[None, :] <= torch.arange(m - n, m, device=q.device)[:, None]  # (n, m)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer at the positions decoded so far (incremental ARM decoding).
+
+    Buffers are allocated for the whole context once (`Transformer.new_cache`); `length` positions
+    of them are filled. Only `Transformer.forward_cached` writes to it.
+    """
+
+    keys: list[torch.Tensor]
+    """Per layer, (B, H, context, hd)."""
+    values: list[torch.Tensor]
+    """Per layer, (B, H, context, hd)."""
+    length: int = 0
+    """Positions already processed."""
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -69,6 +100,18 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         y = attend(q, k, v, self.causal)  # (B, H, L, hd)
         return self.proj(y.transpose(1, 2).reshape(b, length, d))
+
+    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
+                       values: torch.Tensor, start: int) -> torch.Tensor:
+        """`forward` for the n new positions start..start+n of x (B, n, d), the earlier ones read
+        from keys/values (B, H, context, hd), which receive the new ones; cos/sin: (n, hd)."""
+        b, n, d = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.n_head, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, n, hd)
+        keys[:, :, start:start + n] = apply_rotary(k, cos, sin)
+        values[:, :, start:start + n] = v
+        y = attend_cached(apply_rotary(q, cos, sin), keys[:, :, :start + n], values[:, :, :start + n])  # (B, H, n, hd)
+        return self.proj(y.transpose(1, 2).reshape(b, n, d))
 
 
 class SwiGLU(nn.Module):
@@ -92,6 +135,11 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), cos, sin)
+        return x + self.mlp(self.norm2(x))
+
+    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
+                       values: torch.Tensor, start: int) -> torch.Tensor:
+        x = x + self.attn.forward_cached(self.norm1(x), cos, sin, keys, values, start)
         return x + self.mlp(self.norm2(x))
 
 
@@ -134,6 +182,32 @@ class Transformer(nn.Module):
         for block in self.blocks:
             x = block(x, cos, sin)
         return self.norm(x)
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        """An empty KV cache for `batch_size` rows of a causal model (the ARM)."""
+        if not self.cfg.causal:
+            raise ValueError("a KV cache needs a causal model (family 'arm'): a bidirectional model's "
+                             "earlier positions change with every new token")
+        ref = self.embed.weight
+        shape = (batch_size, self.cfg.n_head, self.cfg.context, self.cfg.head_dim)
+        return KVCache([ref.new_zeros(shape) for _ in self.blocks], [ref.new_zeros(shape) for _ in self.blocks])
+
+    @torch.no_grad()
+    def forward_cached(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, n, V) of `tokens` (B, n) placed after the cache's positions, which grow by n.
+
+        Equal to `forward` on the whole sequence at those positions up to float rounding (the
+        attention sums run over other shapes): tests/model/test_sampling.py checks both.
+        """
+        start, n = cache.length, tokens.shape[1]
+        if start + n > self.cfg.context:
+            raise ValueError(f"sequence length {start + n} exceeds the model's context {self.cfg.context}")
+        cos, sin = self.rope_cos[start:start + n], self.rope_sin[start:start + n]
+        x = self.embed(tokens)  # (B, n, d)
+        for block, keys, values in zip(self.blocks, cache.keys, cache.values):
+            x = block.forward_cached(x, cos, sin, keys, values, start)
+        cache.length = start + n
+        return self.head(self.norm(x))  # (B, n, V)
 
     def count_non_embedding_params(self) -> int:
         """Parameters outside the embedding and the head: must equal cfg.n_params."""

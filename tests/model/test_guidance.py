@@ -9,15 +9,6 @@ from model.transformer import Transformer
 V, L = 5, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: thread start-up and contention on a shared 2-core box cost more than the maths."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(family="mdm", seed=0):
     torch.manual_seed(seed)
     return Transformer(ModelConfig(n_layer=1, n_head=2, d_model=16, d_ffn=32, vocab_size=V,

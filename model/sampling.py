@@ -1,0 +1,292 @@
+"""Generation: the ARM token by token (KV cache) and the MDM's reverse process (PAPER.md section 6).
+
+Every sampler takes a model and an explicit `torch.Generator`, and every row gets its own noise:
+one draw of the caller's generator, hashed with the row's prompt tokens, seeds a per-row
+generator (`model.likelihood.request_generator`). A row's output therefore never depends on the
+other rows, their order, the batch size or how prompts are grouped; two rows with the same prompt
+get the same output in one call (draw again with another generator for more samples).
+
+Temperature 0 is argmax; temperature > 0 is Gumbel-max with float64 noise, drawn only where a
+token is actually chosen. Outputs stop right after the first EOS, the EOS included, so a finished
+sequence can be told from one cut by the length budget.
+
+MDM samplers (`MDM_SAMPLERS`), all never re-masking a revealed token:
+- `ancestral`: t goes 1 -> 0 in equal steps; from t to s each masked token is revealed with
+  probability 1 - s/t (all at the last step), its value drawn from the (guided) categorical.
+- `confidence` (MaskGIT): a candidate at every masked position; each row reveals its k most
+  confident ones, k = ceil(masked / steps left): at least one per step, all by the last.
+- `first_hitting`: one uniformly chosen masked position per pass, its value drawn: the exact
+  reverse process of a time-independent MDM, one pass per token (`steps` must equal `length`).
+Semi-autoregressive blocks fill the generated span left to right, steps split evenly.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from model.guidance import guidance_cost, guided_logits
+from model.likelihood import request_generator
+
+MDM_SAMPLERS = ("ancestral", "confidence", "first_hitting")
+"""The MDM's reverse-process samplers, by `generate_mdm`'s `sampler` name."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces: devices, grouping, per-row noise, token draws, EOS truncation.
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
+def _length_groups(prompts: Sequence[Sequence[int]], max_batch: int) -> list[list[int]]:
+    """Indices of prompts of equal length, in batches of at most `max_batch`: no padding needed."""
+    if max_batch <= 0:
+        raise ValueError(f"max_batch must be positive, got {max_batch}")
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, prompt in enumerate(prompts):
+        groups[len(prompt)].append(i)
+    return [g[s:s + max_batch] for g in groups.values() for s in range(0, len(g), max_batch)]
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> None:
+    for prompt in prompts:
+        if any(not 0 <= int(t) < vocab_size for t in prompt):
+            raise ValueError(f"prompt token ids must lie in [0, {vocab_size}) (no [MASK] in a prompt)")
+
+
+def _check_head(logits: torch.Tensor, vocab_size: int) -> None:
+    """The head has exactly vocab_size outputs, so [MASK] (id vocab_size) can never be drawn."""
+    if logits.shape[-1] != vocab_size:
+        raise ValueError(f"the model returns {logits.shape[-1]} logits per position, expected vocab_size={vocab_size}")
+
+
+def _row_generators(prompts: Sequence[Sequence[int]], generator: torch.Generator,
+                    device: torch.device) -> list[torch.Generator]:
+    """One generator per prompt on the model's device, from one draw of `generator` and its tokens."""
+    seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+    return [torch.Generator(device).manual_seed(request_generator(p, (), seed).initial_seed()) for p in prompts]
+
+
+def _gumbel(gen: torch.Generator, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    u = torch.rand(shape, generator=gen, dtype=torch.float64, device=device)
+    return -torch.log(-torch.log(u))  # u = 0 gives -inf: that token simply loses
+
+
+def _draw_tokens(logits: torch.Tensor, where: torch.Tensor, gens: Sequence[torch.Generator],
+                 temperature: float) -> torch.Tensor:
+    """A token (B, n) at every `where` (B, n) position of logits (B, n, V); argmax elsewhere.
+
+    Each row's Gumbel noise comes from its own generator and covers only its `where` positions,
+    so how much noise a row consumes depends on that row alone.
+    """
+    tokens = logits.argmax(-1)  # (B, n)
+    if temperature == 0:
+        return tokens
+    for b, gen in enumerate(gens):
+        idx = where[b].nonzero().squeeze(1)  # (r,)
+        if idx.numel():
+            scores = logits[b, idx].double() / temperature  # (r, V)
+            tokens[b, idx] = (scores + _gumbel(gen, tuple(scores.shape), logits.device)).argmax(-1)
+    return tokens
+
+
+def _row_uniforms(gens: Sequence[torch.Generator], n: int, device: torch.device) -> torch.Tensor:
+    """(B, n) uniforms, row b from gens[b]."""
+    return torch.stack([torch.rand(n, generator=g, dtype=torch.float64, device=device) for g in gens])
+
+
+def _truncate(tokens: list[int], eos_id: int | None) -> list[int]:
+    if eos_id is not None and eos_id in tokens:
+        return tokens[:tokens.index(eos_id) + 1]
+    return tokens
+
+
+def _check_temperature(temperature: float) -> None:
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+
+
+# ---------------------------------------------------------------------------------------------
+# ARM: token by token, with or without a KV cache.
+
+def _filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """logits (B, V) with everything outside the top-k / the nucleus of the tempered distribution
+    set to -inf (ties at the k-th logit kept)."""
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None:
+        probs = (logits.double() / temperature).softmax(-1)  # (B, V)
+        sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # (B, V): mass strictly above each token
+        drop = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, before >= top_p)
+        logits = logits.masked_fill(drop, -math.inf)
+    return logits
+
+
+@torch.no_grad()
+def generate_arm(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                 generator: torch.Generator, temperature: float = 0.0, top_k: int | None = None,
+                 top_p: float | None = None, kv_cache: bool = True, eos_id: int | None = None,
+                 max_batch: int = 64) -> list[list[int]]:
+    """Up to `max_new_tokens` tokens after each (non-empty) prompt, stopping after an EOS (kept).
+
+    With `kv_cache` each step feeds only the new token (`Transformer.forward_cached`); without it
+    each step runs the whole sequence, the reference the cache is tested against (same tokens).
+    top_k / top_p filter the (tempered) distribution; they do nothing at temperature 0.
+    """
+    cfg = model.cfg
+    if not cfg.causal:
+        raise ValueError("generate_arm needs a causal model (family 'arm')")
+    _check_temperature(temperature)
+    if top_k is not None and top_k <= 0:
+        raise ValueError(f"top_k must be positive, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("the ARM needs a non-empty prompt (at least a BOS) to predict the first token")
+    _check_prompts(prompts, cfg.vocab_size)
+    device, out = _device(model), [[] for _ in prompts]
+    gens = _row_generators(prompts, generator, device)
+    for group in _length_groups(prompts, max_batch):
+        tokens = torch.tensor([[int(t) for t in prompts[i]] for i in group], device=device)  # (B, P)
+        rows = _arm_rows(model, tokens, [gens[i] for i in group], max_new_tokens, temperature,
+                         top_k, top_p, kv_cache, eos_id)
+        for i, row in zip(group, rows):
+            out[i] = row
+    return out
+
+
+def _arm_rows(model: nn.Module, tokens: torch.Tensor, gens: Sequence[torch.Generator], max_new_tokens: int,
+              temperature: float, top_k: int | None, top_p: float | None, kv_cache: bool,
+              eos_id: int | None) -> list[list[int]]:
+    """The ARM loop for one batch of equal-length prompts (B, P)."""
+    cache = model.new_cache(tokens.shape[0]) if kv_cache and max_new_tokens > 0 else None
+    done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)  # (B,)
+    new: list[torch.Tensor] = []
+    step_input = tokens
+    for step in range(max_new_tokens):
+        logits = model.forward_cached(step_input, cache) if cache is not None else model(tokens)  # (B, n, V)
+        _check_head(logits, model.cfg.vocab_size)
+        last = logits[:, -1].to(torch.promote_types(logits.dtype, torch.float32))  # (B, V)
+        if temperature > 0:
+            last = _filter_logits(last, temperature, top_k, top_p)
+        nxt = _draw_tokens(last[:, None], ~done[:, None], gens, temperature)[:, 0]  # (B,)
+        new.append(nxt)
+        if eos_id is not None:
+            done |= nxt == eos_id
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        step_input, tokens = nxt[:, None], torch.cat([tokens, nxt[:, None]], 1)  # (B, 1), (B, P + step + 1)
+    generated = torch.stack(new, 1).tolist() if new else [[] for _ in gens]
+    return [_truncate(row, eos_id) for row in generated]
+
+
+# ---------------------------------------------------------------------------------------------
+# MDM: the reverse process on prompt + [MASK] * length, block by block.
+
+Step = Callable[[torch.Tensor, torch.Tensor, int, int, Sequence[torch.Generator], float],
+                tuple[torch.Tensor, torch.Tensor]]
+"""(logits (B, n, V), masked (B, n), step j, steps S, row generators, temperature) ->
+(reveal (B, n) bool, tokens (B, n)): one reverse step over a block of n positions."""
+
+
+def _ancestral_step(logits: torch.Tensor, masked: torch.Tensor, j: int, steps: int,
+                    gens: Sequence[torch.Generator], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    # t = 1 - j/S to s = 1 - (j+1)/S: reveal with probability 1 - s/t = 1/(S - j), 1 at the last step.
+    reveal = masked & (_row_uniforms(gens, masked.shape[1], logits.device) < 1.0 / (steps - j))  # (B, n)
+    return reveal, _draw_tokens(logits, reveal, gens, temperature)
+
+
+def _confidence_step(logits: torch.Tensor, masked: torch.Tensor, j: int, steps: int,
+                     gens: Sequence[torch.Generator], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = _draw_tokens(logits, masked, gens, temperature)  # (B, n): a candidate everywhere masked
+    probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1)  # untempered
+    confidence = probs.gather(-1, tokens[..., None]).squeeze(-1).masked_fill(~masked, -1.0)  # (B, n)
+    # Per row: k = ceil(masked / steps left), so every step reveals >= 1 and the last reveals the rest.
+    left = steps - j
+    k = (masked.sum(1) + left - 1) // left  # (B,)
+    order = confidence.sort(dim=1, descending=True, stable=True).indices  # ties: leftmost first
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return masked & (rank < k[:, None]), tokens
+
+
+def _first_hitting_step(logits: torch.Tensor, masked: torch.Tensor, j: int, steps: int,
+                        gens: Sequence[torch.Generator], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    # Uniform among the masked positions: the largest of iid uniforms over them.
+    u = _row_uniforms(gens, masked.shape[1], logits.device).masked_fill(~masked, -1.0)  # (B, n)
+    reveal = torch.zeros_like(masked).scatter_(1, u.argmax(1, keepdim=True), True) & masked
+    return reveal, _draw_tokens(logits, reveal, gens, temperature)
+
+
+_STEPS: dict[str, Step] = {"ancestral": _ancestral_step, "confidence": _confidence_step,
+                           "first_hitting": _first_hitting_step}
+
+
+def _blocks(length: int, steps: int, block_length: int | None, sampler: str) -> tuple[int, int]:
+    """(block length, steps per block), validated."""
+    block = length if block_length is None else block_length
+    if block <= 0 or length % block:
+        raise ValueError(f"block_length={block_length} must be a positive divisor of length={length}")
+    n_blocks = length // block
+    if sampler == "first_hitting" and steps != length:
+        raise ValueError(f"first_hitting reveals one token per pass, so steps must equal length={length}, got {steps}")
+    if steps <= 0 or steps % n_blocks:
+        raise ValueError(f"steps={steps} must be a positive multiple of the number of blocks ({n_blocks})")
+    if sampler == "confidence" and steps // n_blocks > block:
+        raise ValueError(f"confidence sampling reveals at least one token per step, so its {steps // n_blocks} "
+                         f"steps per block cannot exceed the {block} masked tokens of a block")
+    return block, steps // n_blocks
+
+
+@torch.no_grad()
+def generate_mdm(model: nn.Module, prompts: Sequence[Sequence[int]], length: int, *, steps: int,
+                 generator: torch.Generator, sampler: str, temperature: float = 0.0, cfg_scale: float = 0.0,
+                 block_length: int | None = None, eos_id: int | None = None,
+                 max_batch: int = 64) -> list[list[int]]:
+    """`length` tokens after each prompt by an MDM reverse-process `sampler`, cut after an EOS (kept).
+
+    The canvas is prompt + [MASK] * length; `block_length` (a divisor of length) fills it block by
+    block, left to right, each with steps / n_blocks steps (None: one block). With cfg_scale > 0
+    every pass is guided (model/guidance.py: the prompt replaced by [MASK] in the second half).
+    """
+    cfg = model.cfg
+    if cfg.mask_id is None:
+        raise ValueError("generate_mdm needs an MDM (a model with a [MASK] token)")
+    if sampler not in _STEPS:
+        raise ValueError(f"sampler must be one of {MDM_SAMPLERS}, got {sampler!r}")
+    if length <= 0:
+        raise ValueError(f"length must be positive, got {length}")
+    _check_temperature(temperature)
+    block, block_steps = _blocks(length, steps, block_length, sampler)
+    _check_prompts(prompts, cfg.vocab_size)
+    device, out = _device(model), [[] for _ in prompts]
+    gens = _row_generators(prompts, generator, device)
+    for group in _length_groups(prompts, max(1, max_batch // guidance_cost(cfg_scale))):
+        prompt = torch.tensor([[int(t) for t in prompts[i]] for i in group], device=device).view(len(group), -1)
+        canvas = _mdm_rows(model, prompt, length, block, block_steps, _STEPS[sampler],
+                           [gens[i] for i in group], temperature, cfg_scale)
+        for i, row in zip(group, canvas.tolist()):
+            out[i] = _truncate(row, eos_id)
+    return out
+
+
+def _mdm_rows(model: nn.Module, prompt: torch.Tensor, length: int, block: int, block_steps: int, step: Step,
+              gens: Sequence[torch.Generator], temperature: float, cfg_scale: float) -> torch.Tensor:
+    """The reverse process for one batch of equal-length prompts (B, P) -> generated tokens (B, length)."""
+    b, p = prompt.shape
+    canvas = torch.cat([prompt, torch.full((b, length), model.cfg.mask_id, device=prompt.device)], 1)  # (B, P + length)
+    is_prompt = (torch.arange(p + length, device=prompt.device) < p).expand(b, -1)  # (B, P + length)
+    for start in range(p, p + length, block):
+        span = slice(start, start + block)
+        for j in range(block_steps):
+            logits = guided_logits(model, canvas, is_prompt, cfg_scale)  # (B, P + length, V)
+            _check_head(logits, model.cfg.vocab_size)
+            masked = canvas[:, span] == model.cfg.mask_id  # (B, n)
+            reveal, tokens = step(logits[:, span], masked, j, block_steps, gens, temperature)
+            canvas[:, span] = torch.where(reveal, tokens, canvas[:, span])
+    return canvas[:, p:]
