@@ -18,6 +18,13 @@ MDM samplers (`MDM_SAMPLERS`), all never re-masking a revealed token:
 - `first_hitting`: one uniformly chosen masked position per pass, its value drawn: the exact
   reverse process of a time-independent MDM, one pass per token (`steps` must equal `length`).
 Semi-autoregressive blocks fill the generated span left to right, steps split evenly.
+
+Exact speed-up (`reuse_unchanged`): the MDM has no time input, so a row whose canvas did not change
+since its last forward pass would get the same logits again; it keeps them and only the rows that
+changed go through the network (with CFG both halves are kept, as the guided mix). Every row still
+draws its noise for every step, so the random streams stay aligned and the tokens are identical to
+the plain path's (as far as the network is batch-invariant: the "8 batches of 1" property). This
+saves ancestral sampling's steps that reveal nothing, many when steps exceed the length.
 """
 from __future__ import annotations
 
@@ -227,8 +234,12 @@ _STEPS: dict[str, Step] = {"ancestral": _ancestral_step, "confidence": _confiden
                            "first_hitting": _first_hitting_step}
 
 
-def _blocks(length: int, steps: int, block_length: int | None, sampler: str) -> tuple[int, int]:
-    """(block length, steps per block), validated."""
+def mdm_schedule(length: int, steps: int, block_length: int | None, sampler: str) -> tuple[int, int]:
+    """(block length, steps per block) of `generate_mdm`'s settings; a ValueError names a bad one."""
+    if sampler not in _STEPS:
+        raise ValueError(f"sampler must be one of {MDM_SAMPLERS}, got {sampler!r}")
+    if length <= 0:
+        raise ValueError(f"length must be positive, got {length}")
     block = length if block_length is None else block_length
     if block <= 0 or length % block:
         raise ValueError(f"block_length={block_length} must be a positive divisor of length={length}")
@@ -246,47 +257,70 @@ def _blocks(length: int, steps: int, block_length: int | None, sampler: str) -> 
 @torch.no_grad()
 def generate_mdm(model: nn.Module, prompts: Sequence[Sequence[int]], length: int, *, steps: int,
                  generator: torch.Generator, sampler: str, temperature: float = 0.0, cfg_scale: float = 0.0,
-                 block_length: int | None = None, eos_id: int | None = None,
-                 max_batch: int = 64) -> list[list[int]]:
+                 block_length: int | None = None, eos_id: int | None = None, max_batch: int = 64,
+                 reuse_unchanged: bool = True, stats: dict | None = None) -> list[list[int]]:
     """`length` tokens after each prompt by an MDM reverse-process `sampler`, cut after an EOS (kept).
 
     The canvas is prompt + [MASK] * length; `block_length` (a divisor of length) fills it block by
     block, left to right, each with steps / n_blocks steps (None: one block). With cfg_scale > 0
     every pass is guided (model/guidance.py: the prompt replaced by [MASK] in the second half).
+    `reuse_unchanged` keeps a row's logits while its canvas is unchanged (module docstring; False
+    is the plain reference). `stats`, when given, receives `passes` (steps x rows: the reverse
+    steps taken) and `forward_rows` (rows the network actually computed, CFG's unconditional rows
+    included), so passes x guidance_cost - forward_rows is what the reuse saved.
     """
     cfg = model.cfg
     if cfg.mask_id is None:
         raise ValueError("generate_mdm needs an MDM (a model with a [MASK] token)")
-    if sampler not in _STEPS:
-        raise ValueError(f"sampler must be one of {MDM_SAMPLERS}, got {sampler!r}")
-    if length <= 0:
-        raise ValueError(f"length must be positive, got {length}")
     _check_temperature(temperature)
-    block, block_steps = _blocks(length, steps, block_length, sampler)
+    block, block_steps = mdm_schedule(length, steps, block_length, sampler)
     _check_prompts(prompts, cfg.vocab_size)
     device, out = _device(model), [[] for _ in prompts]
     gens = _row_generators(prompts, generator, device)
+    counts = {"passes": 0, "forward_rows": 0}
     for group in _length_groups(prompts, max(1, max_batch // guidance_cost(cfg_scale))):
         prompt = torch.tensor([[int(t) for t in prompts[i]] for i in group], device=device).view(len(group), -1)
         canvas = _mdm_rows(model, prompt, length, block, block_steps, _STEPS[sampler],
-                           [gens[i] for i in group], temperature, cfg_scale)
+                           [gens[i] for i in group], temperature, cfg_scale, reuse_unchanged, counts)
         for i, row in zip(group, canvas.tolist()):
             out[i] = _truncate(row, eos_id)
+    if stats is not None:
+        stats.update(counts)
     return out
 
 
+def _refresh_logits(model: nn.Module, canvas: torch.Tensor, is_prompt: torch.Tensor, cfg_scale: float,
+                    logits: torch.Tensor | None, changed: torch.Tensor, counts: dict[str, int]) -> torch.Tensor:
+    """Guided logits (B, L, V) of `canvas` (B, L): the `changed` (B,) rows recomputed as a sub-batch,
+    the others kept from `logits` (their canvas, hence their logits, are what they were)."""
+    if logits is None or bool(changed.all()):
+        rows, logits = canvas.shape[0], guided_logits(model, canvas, is_prompt, cfg_scale)
+        _check_head(logits, model.cfg.vocab_size)
+    else:
+        idx = changed.nonzero().squeeze(1)  # (r,)
+        rows = idx.numel()
+        if rows:
+            logits[idx] = guided_logits(model, canvas[idx], is_prompt[idx], cfg_scale)  # (r, L, V)
+    counts["forward_rows"] += rows * guidance_cost(cfg_scale)
+    counts["passes"] += canvas.shape[0]
+    return logits
+
+
 def _mdm_rows(model: nn.Module, prompt: torch.Tensor, length: int, block: int, block_steps: int, step: Step,
-              gens: Sequence[torch.Generator], temperature: float, cfg_scale: float) -> torch.Tensor:
+              gens: Sequence[torch.Generator], temperature: float, cfg_scale: float, reuse_unchanged: bool,
+              counts: dict[str, int]) -> torch.Tensor:
     """The reverse process for one batch of equal-length prompts (B, P) -> generated tokens (B, length)."""
     b, p = prompt.shape
     canvas = torch.cat([prompt, torch.full((b, length), model.cfg.mask_id, device=prompt.device)], 1)  # (B, P + length)
     is_prompt = (torch.arange(p + length, device=prompt.device) < p).expand(b, -1)  # (B, P + length)
+    logits, changed = None, torch.ones(b, dtype=torch.bool, device=prompt.device)  # (B,)
     for start in range(p, p + length, block):
         span = slice(start, start + block)
         for j in range(block_steps):
-            logits = guided_logits(model, canvas, is_prompt, cfg_scale)  # (B, P + length, V)
-            _check_head(logits, model.cfg.vocab_size)
+            logits = _refresh_logits(model, canvas, is_prompt, cfg_scale, logits, changed, counts)  # (B, P + length, V)
             masked = canvas[:, span] == model.cfg.mask_id  # (B, n)
             reveal, tokens = step(logits[:, span], masked, j, block_steps, gens, temperature)
             canvas[:, span] = torch.where(reveal, tokens, canvas[:, span])
+            if reuse_unchanged:  # a reveal is the only way a canvas changes
+                changed = reveal.any(1)
     return canvas[:, p:]

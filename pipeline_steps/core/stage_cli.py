@@ -33,6 +33,13 @@ def guarded(prog: str, body: Callable[[], int | None], debug: bool = False) -> i
         return 2
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad argument is one line naming it, exit status 2, like every other input error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def stage_parser(stage: str, doc: str | None, paths: dict[str, tuple[str | None, str]],
                  metrics: str | None = "metrics/{stage}.json",
                  params: str | None = "params.yaml") -> argparse.ArgumentParser:

@@ -60,7 +60,7 @@ from model.likelihood import (
 )
 from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import atomic_write_json, finite_json
-from pipeline_steps.core.stage_cli import guarded
+from pipeline_steps.core.stage_cli import OneLineParser, guarded
 from pipeline_steps.data.task_sources.items import item_format, read_items
 
 METHODS = (*LIKELIHOOD_METHODS, "greedy")
@@ -319,16 +319,9 @@ def _pad_to(value: str) -> int | str:
                                          f"got {value!r}") from None
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """A bad argument is one line naming it, exit status 2, like every other input error."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     mc, default = MonteCarloConfig(), EvalSettings()  # the CLI's defaults are the dataclasses'
-    parser = _OneLineParser(prog="smdm-evaluate", description=__doc__,
+    parser = OneLineParser(prog="smdm-evaluate", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model artifact folder (config.json, weights, "
                         "tokenizer.model)")

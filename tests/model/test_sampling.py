@@ -223,6 +223,41 @@ def test_mdm_bad_inputs():
         generate_mdm(tiny("arm"), [[1]], 8, steps=4, generator=gen(), sampler="ancestral")
 
 
+@pytest.mark.parametrize("sampler,steps", SETTINGS + [("ancestral", 48)])
+@pytest.mark.parametrize("cfg_scale,block_length", [(0.0, None), (0.5, 4)])
+def test_reusing_unchanged_rows_changes_no_token(sampler, steps, cfg_scale, block_length):
+    """The skip is exact: the same tokens, seed for seed, greedy and sampled."""
+    model, ps = tiny("mdm"), prompts()
+    for seed, temperature in ((0, 0.0), (1, 1.0), (2, 1.0)):
+        kw = dict(steps=steps, sampler=sampler, temperature=temperature, cfg_scale=cfg_scale,
+                  block_length=block_length)
+        runs = [generate_mdm(model, ps, 12, generator=gen(seed), reuse_unchanged=reuse, **kw) for reuse in (True, False)]
+        assert runs[0] == runs[1], (seed, temperature)
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 0.5])
+def test_ancestral_with_many_steps_skips_most_forward_rows(cfg_scale):
+    model, ps, length = Counting(tiny("mdm")), prompts(), 8
+    stats, plain = {}, {}
+    kw = dict(steps=4 * length, sampler="ancestral", temperature=1.0, cfg_scale=cfg_scale)
+    generate_mdm(model, ps, length, generator=gen(), stats=stats, **kw)
+    assert sum(len(call) for call in model.calls) == stats["forward_rows"]  # the count is what the model saw
+    generate_mdm(model, ps, length, generator=gen(), reuse_unchanged=False, stats=plain, **kw)
+    cost = 2 if cfg_scale else 1
+    assert stats["passes"] == plain["passes"] == 4 * length * len(ps)
+    assert plain["forward_rows"] == cost * plain["passes"]
+    # at most `length` steps of a row reveal something, so at most length + 1 of its 4 * length passes run
+    assert stats["forward_rows"] <= cost * (length + 1) * len(ps) < plain["forward_rows"] / 2
+
+
+def test_first_hitting_and_confidence_skip_nothing():
+    """Each of their steps reveals a token in every row: nothing to reuse, nothing lost."""
+    for sampler in ("first_hitting", "confidence"):
+        stats = {}
+        generate_mdm(tiny("mdm"), prompts(), 8, steps=8, generator=gen(), sampler=sampler, stats=stats)
+        assert stats == {"passes": 64, "forward_rows": 64}
+
+
 def test_sampler_names():
     assert set(MDM_SAMPLERS) == {s for s, _ in SETTINGS}
 
