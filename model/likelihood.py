@@ -128,7 +128,8 @@ def _require_mdm(model: nn.Module) -> int:
     return model.cfg.mask_id
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU for a parameterless oracle)."""
     return next(model.parameters(), torch.empty(0)).device
 
 
@@ -183,7 +184,7 @@ def _scored_sums(model: nn.Module, requests: Sequence[Request], masked: Sequence
             full[:, span] = bits
             out.append(full)
         prompt.append((torch.arange(base.numel()) < len(p)).expand(rows, -1))  # (R_k, L)
-    clean, hide, score, prompt = (torch.cat(x).to(_device(model)) for x in (clean, hide, score, prompt))
+    clean, hide, score, prompt = (torch.cat(x).to(model_device(model)) for x in (clean, hide, score, prompt))
     noisy = torch.where(hide, torch.full_like(clean, mask_id), clean)  # (R, L); pads are [MASK] already
     targets = torch.where(clean == mask_id, torch.zeros_like(clean), clean)  # (R, L): pads never scored
     sums = torch.empty(clean.shape[0], dtype=torch.float64, device=clean.device)
@@ -321,7 +322,7 @@ def mdm_greedy_decode(model: nn.Module, requests: Sequence[Request], *, cfg_scal
     argmax. Ties go to the leftmost position. One forward row per target token.
     """
     mask_id = _require_mdm(model)
-    device, results = _device(model), [None] * len(requests)
+    device, results = model_device(model), [None] * len(requests)
     for group in _length_groups(requests, pad_to):
         rows = torch.tensor([_row(requests[i], model.cfg.vocab_size, mask_id, pad_to) for i in group])
         todo = torch.zeros_like(rows, dtype=torch.bool)  # (R, L): target positions still masked
@@ -368,7 +369,7 @@ def _arm_scores(model: nn.Module, requests: Sequence[Request],
         if any(len(requests[i][0]) == 0 for i in chunk):
             raise ValueError("the ARM needs a non-empty prompt (at least a BOS) to predict c_0")
         width = max(len(r) for r in rows)
-        tokens = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=_device(model))  # (R, W)
+        tokens = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=model_device(model))  # (R, W)
         logits = model(tokens[:, :-1])  # (R, W - 1, V)
         log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
         for k, i in enumerate(chunk):

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from model.guidance import guidance_cost, guided_logits
-from model.likelihood import request_generator
+from model.likelihood import model_device, request_generator
 
 MDM_SAMPLERS = ("ancestral", "confidence", "first_hitting")
 """The MDM's reverse-process samplers, by `generate_mdm`'s `sampler` name."""
@@ -44,10 +44,6 @@ MDM_SAMPLERS = ("ancestral", "confidence", "first_hitting")
 
 # ---------------------------------------------------------------------------------------------
 # Shared pieces: devices, grouping, per-row noise, token draws, EOS truncation.
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters(), torch.empty(0)).device
-
 
 def _length_groups(prompts: Sequence[Sequence[int]], max_batch: int) -> list[list[int]]:
     """Indices of prompts of equal length, in batches of at most `max_batch`: no padding needed."""
@@ -157,7 +153,7 @@ def generate_arm(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tok
     if any(len(p) == 0 for p in prompts):
         raise ValueError("the ARM needs a non-empty prompt (at least a BOS) to predict the first token")
     _check_prompts(prompts, cfg.vocab_size)
-    device, out = _device(model), [[] for _ in prompts]
+    device, out = model_device(model), [[] for _ in prompts]
     gens = _row_generators(prompts, generator, device)
     for group in _length_groups(prompts, max_batch):
         tokens = torch.tensor([[int(t) for t in prompts[i]] for i in group], device=device)  # (B, P)
@@ -275,7 +271,7 @@ def generate_mdm(model: nn.Module, prompts: Sequence[Sequence[int]], length: int
     _check_temperature(temperature)
     block, block_steps = mdm_schedule(length, steps, block_length, sampler)
     _check_prompts(prompts, cfg.vocab_size)
-    device, out = _device(model), [[] for _ in prompts]
+    device, out = model_device(model), [[] for _ in prompts]
     gens = _row_generators(prompts, generator, device)
     counts = {"passes": 0, "forward_rows": 0}
     for group in _length_groups(prompts, max(1, max_batch // guidance_cost(cfg_scale))):
