@@ -37,22 +37,35 @@ def _mask_id_for_guidance(model: nn.Module) -> int:
     return mask_id
 
 
+def _logits_at(model: nn.Module, tokens: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
+    """model(tokens) (B, L, V), or its rows at the `at` (B, L) positions, flattened row-major to
+    (N, V). A model exposing `features` and `head` (model.transformer.Transformer) runs its output
+    head only there; any other module (a test oracle) is run whole and indexed."""
+    if at is None:
+        return model(tokens)
+    if hasattr(model, "features") and hasattr(model, "head"):
+        return model.head(model.features(tokens)[at])
+    return model(tokens)[at]
+
+
 def guided_logits(model: nn.Module, tokens: torch.Tensor, prompt_mask: torch.Tensor,
-                  cfg_scale: float) -> torch.Tensor:
+                  cfg_scale: float, at: torch.Tensor | None = None) -> torch.Tensor:
     """Guided logits (B, L, V) of `tokens` (B, L) whose condition positions are `prompt_mask`.
 
     With `cfg_scale == 0` this is `model(tokens)` itself, bit for bit (one pass, no arithmetic).
     Otherwise the conditional and unconditional rows share one forward call, and the mix is done
     in at least fp32 so that bf16 logits do not lose the small difference the scale amplifies.
+    With `at` (B, L) bool, only the logits at those positions are computed, as (N, V) row-major:
+    a sampler needs them at masked positions only, and the head is a large share of a small model.
     """
     if not math.isfinite(cfg_scale):
         raise ValueError(f"cfg_scale must be finite, got {cfg_scale}")
     if cfg_scale == 0:
-        return model(tokens)  # (B, L, V)
+        return _logits_at(model, tokens, at)  # (B, L, V) or (N, V)
     unconditional = mask_prompt(tokens, prompt_mask, _mask_id_for_guidance(model))  # (B, L)
-    logits = model(torch.cat([tokens, unconditional]))  # (2B, L, V)
+    logits = _logits_at(model, torch.cat([tokens, unconditional]), None if at is None else torch.cat([at, at]))
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    cond, uncond = logits.chunk(2)  # (B, L, V) each
+    cond, uncond = logits.chunk(2)  # (B, L, V) or (N, V) each: row-major puts the first half first
     return (1 + cfg_scale) * cond - cfg_scale * uncond
 
 

@@ -16,8 +16,6 @@ not depend on which other requests share its batch, their order, or the batch si
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +25,8 @@ import torch
 from torch import nn
 
 from model.guidance import guidance_cost, guided_log_probs
+from model.requests import model_device, request_generator
+from model.sampling import confidence_step, reverse_process
 
 Request = tuple[Sequence[int], Sequence[int]]
 """(prompt token ids, continuation token ids)."""
@@ -112,13 +112,6 @@ def check_early_stopping(method: str, mc: MonteCarloConfig) -> None:
                          "biased; use method l_uniform (the same ELBO with bounded weights) or no target_stderr")
 
 
-def request_generator(prompt: Sequence[int], continuation: Sequence[int], seed: int) -> torch.Generator:
-    """A CPU generator seeded from the request's own tokens and `seed`: batch-independent noise."""
-    payload = json.dumps([int(seed), [int(t) for t in prompt], [int(t) for t in continuation]])
-    digest = hashlib.sha256(payload.encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
-
 # ---------------------------------------------------------------------------------------------
 # Rows, groups and the guided forward pass shared by every MDM estimator.
 
@@ -126,11 +119,6 @@ def _require_mdm(model: nn.Module) -> int:
     if model.cfg.mask_id is None:
         raise ValueError("this estimator needs an MDM (a model with a [MASK] token)")
     return model.cfg.mask_id
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters live (CPU for a parameterless oracle)."""
-    return next(model.parameters(), torch.empty(0)).device
 
 
 def _row(request: Request, vocab_size: int, pad: int, pad_to: int | None) -> list[int]:
@@ -316,36 +304,34 @@ def mdm_chain_rule_log_likelihood(model: nn.Module, requests: Sequence[Request],
 @torch.no_grad()
 def mdm_greedy_decode(model: nn.Module, requests: Sequence[Request], *, cfg_scale: float = 0.0,
                       pad_to: int | None = None, max_batch: int = 64) -> list[GreedyResult]:
-    """LAMBADA decoding: from a fully masked target, unmask the most confident position per step.
+    """LAMBADA decoding: the confidence sampler at temperature 0 (model/sampling.py), one token per step.
 
-    Confidence is the largest (guided) probability over the vocabulary; the position takes its
-    argmax. Ties go to the leftmost position. One forward row per target token.
+    From a fully masked target, each step unmasks the position whose argmax has the largest
+    (guided) probability and gives it that argmax; ties go to the leftmost position. The steps are
+    the longest target of a batch, so each row reveals exactly one token per step until it is
+    done (shorter targets finish early and cost nothing more). One forward row per target token.
     """
     mask_id = _require_mdm(model)
     device, results = model_device(model), [None] * len(requests)
+    counts = {"passes": 0, "forward_rows": 0}
     for group in _length_groups(requests, pad_to):
-        rows = torch.tensor([_row(requests[i], model.cfg.vocab_size, mask_id, pad_to) for i in group])
-        todo = torch.zeros_like(rows, dtype=torch.bool)  # (R, L): target positions still masked
-        prompt = torch.zeros_like(todo)
-        for k, i in enumerate(group):
-            p, c = len(requests[i][0]), len(requests[i][1])
-            todo[k, p:p + c], prompt[k, :p] = True, True
-        rows, todo, prompt = rows.to(device), todo.to(device), prompt.to(device)
-        rows[todo] = mask_id
-        for _ in range(int(todo.sum(1).max())):  # each step decodes one position of every live row
-            live = todo.any(1).nonzero().squeeze(1)  # (r,)
-            for part, log_probs in _chunks(model, rows[live], prompt[live], cfg_scale, max_batch):
-                best, token = log_probs.max(-1)  # (r, L) each
-                best = best.masked_fill(~todo[live[part]], -math.inf)
-                pos = best.argmax(1)  # (r,)
-                picked = torch.arange(len(pos), device=device)
-                rows[live[part], pos] = token[picked, pos]
-                todo[live[part], pos] = False
-        for k, i in enumerate(group):
-            p, c = len(requests[i][0]), len(requests[i][1])
-            decoded = tuple(rows[k, p:p + c].tolist())
-            results[i] = GreedyResult(decoded == tuple(int(t) for t in requests[i][1]), decoded,
-                                      c * guidance_cost(cfg_scale))
+        for start in range(0, len(group), max(1, max_batch // guidance_cost(cfg_scale))):
+            part = group[start:start + max(1, max_batch // guidance_cost(cfg_scale))]
+            rows = torch.tensor([_row(requests[i], model.cfg.vocab_size, mask_id, pad_to) for i in part])
+            todo = torch.zeros_like(rows, dtype=torch.bool)  # (R, L): the target positions
+            for k, i in enumerate(part):
+                p, c = len(requests[i][0]), len(requests[i][1])
+                todo[k, p:p + c] = True
+            prompt = torch.arange(rows.shape[1]) < torch.tensor([len(requests[i][0]) for i in part])[:, None]
+            steps = int(todo.sum(1).max())
+            rows = reverse_process(model, rows.to(device), todo.to(device), prompt.to(device),
+                                   [slice(0, rows.shape[1])], steps, confidence_step, [], 0.0, cfg_scale,
+                                   True, True, counts)
+            for k, i in enumerate(part):
+                p, c = len(requests[i][0]), len(requests[i][1])
+                decoded = tuple(rows[k, p:p + c].tolist())
+                results[i] = GreedyResult(decoded == tuple(int(t) for t in requests[i][1]), decoded,
+                                          c * guidance_cost(cfg_scale))
     return results
 
 

@@ -2,7 +2,7 @@
 
 Every sampler takes a model and an explicit `torch.Generator`, and every row gets its own noise:
 one draw of the caller's generator, hashed with the row's prompt tokens, seeds a per-row
-generator (`model.likelihood.request_generator`). A row's output therefore never depends on the
+generator (`model.requests.request_generator`). A row's output therefore never depends on the
 other rows, their order, the batch size or how prompts are grouped; two rows with the same prompt
 get the same output in one call (draw again with another generator for more samples).
 
@@ -14,29 +14,37 @@ MDM samplers (`MDM_SAMPLERS`), all never re-masking a revealed token:
 - `ancestral`: t goes 1 -> 0 in equal steps; from t to s each masked token is revealed with
   probability 1 - s/t (all at the last step), its value drawn from the (guided) categorical.
 - `confidence` (MaskGIT): a candidate at every masked position; each row reveals its k most
-  confident ones, k = ceil(masked / steps left): at least one per step, all by the last.
+  confident ones (confidence: the candidate's untempered probability), k = ceil(masked / steps
+  left): at least one per step, all by the last (`schedule="paper"`: the authors' floor rule).
 - `first_hitting`: one uniformly chosen masked position per pass, its value drawn: the exact
   reverse process of a time-independent MDM, one pass per token (`steps` must equal `length`).
 Semi-autoregressive blocks fill the generated span left to right, steps split evenly.
+`infill_mdm` fills blanks anywhere between fixed tokens, and LAMBADA's greedy decoding
+(`model.likelihood.mdm_greedy_decode`) is the confidence sampler at temperature 0: all three run
+`reverse_process`.
 
-Exact speed-up (`reuse_unchanged`): the MDM has no time input, so a row whose canvas did not change
+Exact speed-ups, both on by default, each tested token for token against the plain path and timed
+by benchmarks/sampler_speedups.py. `reuse_unchanged`: the MDM has no time input, so a row whose canvas did not change
 since its last forward pass would get the same logits again; it keeps them and only the rows that
 changed go through the network (with CFG both halves are kept, as the guided mix). Every row still
 draws its noise for every step, so the random streams stay aligned and the tokens are identical to
 the plain path's (as far as the network is batch-invariant: the "8 batches of 1" property). This
-saves ancestral sampling's steps that reveal nothing, many when steps exceed the length.
+saves ancestral sampling's steps that reveal nothing, many when steps exceed the length, and the
+paper schedule's empty steps. `head_at_masked`: only masked positions of the current block are
+ever read, so the output head (d x V per position, a large share of a small model) runs there only.
 """
 from __future__ import annotations
 
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
 
 from model.guidance import guidance_cost, guided_logits
-from model.likelihood import model_device, request_generator
+from model.requests import model_device, request_generator
 
 MDM_SAMPLERS = ("ancestral", "confidence", "first_hitting")
 """The MDM's reverse-process samplers, by `generate_mdm`'s `sampler` name."""
@@ -190,50 +198,73 @@ def _arm_rows(model: nn.Module, tokens: torch.Tensor, gens: Sequence[torch.Gener
 
 
 # ---------------------------------------------------------------------------------------------
-# MDM: the reverse process on prompt + [MASK] * length, block by block.
+# MDM: the reverse process on a canvas with [MASK] at the positions to fill, block by block.
 
 Step = Callable[[torch.Tensor, torch.Tensor, int, int, Sequence[torch.Generator], float],
                 tuple[torch.Tensor, torch.Tensor]]
-"""(logits (B, n, V), masked (B, n), step j, steps S, row generators, temperature) ->
-(reveal (B, n) bool, tokens (B, n)): one reverse step over a block of n positions."""
+"""(log-probs (B, n, V), masked (B, n), step j, steps S, row generators, temperature) ->
+(reveal (B, n) bool, tokens (B, n)): one reverse step over a block of n positions. Log-probs are
+only meaningful where masked; a step never reads them elsewhere except through argmax candidates
+that the reveal mask then drops."""
+
+SCHEDULES = ("linear", "paper")
+"""How many tokens the confidence sampler reveals per step: `linear` = ceil(masked / steps left)
+(at least one per step), `paper` = the authors' floor(masked * (1 - s/t)) = floor(masked / steps
+left) (zero until the masked count reaches the steps left; kept for comparison)."""
 
 
-def _ancestral_step(logits: torch.Tensor, masked: torch.Tensor, j: int, steps: int,
+def _ancestral_step(log_probs: torch.Tensor, masked: torch.Tensor, j: int, steps: int,
                     gens: Sequence[torch.Generator], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     # t = 1 - j/S to s = 1 - (j+1)/S: reveal with probability 1 - s/t = 1/(S - j), 1 at the last step.
-    reveal = masked & (_row_uniforms(gens, masked.shape[1], logits.device) < 1.0 / (steps - j))  # (B, n)
-    return reveal, _draw_tokens(logits, reveal, gens, temperature)
+    reveal = masked & (_row_uniforms(gens, masked.shape[1], log_probs.device) < 1.0 / (steps - j))  # (B, n)
+    return reveal, _draw_tokens(log_probs, reveal, gens, temperature)
 
 
-def _confidence_step(logits: torch.Tensor, masked: torch.Tensor, j: int, steps: int,
-                     gens: Sequence[torch.Generator], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = _draw_tokens(logits, masked, gens, temperature)  # (B, n): a candidate everywhere masked
-    probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1)  # untempered
-    confidence = probs.gather(-1, tokens[..., None]).squeeze(-1).masked_fill(~masked, -1.0)  # (B, n)
-    # Per row: k = ceil(masked / steps left), so every step reveals >= 1 and the last reveals the rest.
+def confidence_step(log_probs: torch.Tensor, masked: torch.Tensor, j: int, steps: int,
+                     gens: Sequence[torch.Generator], temperature: float,
+                     schedule: str = "linear") -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = _draw_tokens(log_probs, masked, gens, temperature)  # (B, n): a candidate everywhere masked
+    # Confidence: the candidate's untempered log-probability, ranked among the masked positions only.
+    picked = log_probs.gather(-1, tokens[..., None]).squeeze(-1)  # (B, n)
+    confidence = torch.where(masked, picked.clamp_min(torch.finfo(picked.dtype).min), -math.inf)
     left = steps - j
-    k = (masked.sum(1) + left - 1) // left  # (B,)
+    if schedule == "linear":  # per row: at least one per step, all by the last
+        k = (masked.sum(1) + left - 1) // left  # (B,)
+    else:  # the authors' floor rule: zero while fewer are masked than steps are left
+        k = masked.sum(1) // left  # (B,)
     order = confidence.sort(dim=1, descending=True, stable=True).indices  # ties: leftmost first
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
     return masked & (rank < k[:, None]), tokens
 
 
-def _first_hitting_step(logits: torch.Tensor, masked: torch.Tensor, j: int, steps: int,
+def _first_hitting_step(log_probs: torch.Tensor, masked: torch.Tensor, j: int, steps: int,
                         gens: Sequence[torch.Generator], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     # Uniform among the masked positions: the largest of iid uniforms over them.
-    u = _row_uniforms(gens, masked.shape[1], logits.device).masked_fill(~masked, -1.0)  # (B, n)
+    u = _row_uniforms(gens, masked.shape[1], log_probs.device).masked_fill(~masked, -1.0)  # (B, n)
     reveal = torch.zeros_like(masked).scatter_(1, u.argmax(1, keepdim=True), True) & masked
-    return reveal, _draw_tokens(logits, reveal, gens, temperature)
+    return reveal, _draw_tokens(log_probs, reveal, gens, temperature)
 
 
-_STEPS: dict[str, Step] = {"ancestral": _ancestral_step, "confidence": _confidence_step,
+_STEPS: dict[str, Step] = {"ancestral": _ancestral_step, "confidence": confidence_step,
                            "first_hitting": _first_hitting_step}
 
 
-def mdm_schedule(length: int, steps: int, block_length: int | None, sampler: str) -> tuple[int, int]:
-    """(block length, steps per block) of `generate_mdm`'s settings; a ValueError names a bad one."""
+def _step_function(sampler: str, schedule: str) -> Step:
     if sampler not in _STEPS:
         raise ValueError(f"sampler must be one of {MDM_SAMPLERS}, got {sampler!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if sampler != "confidence":
+        if schedule != "linear":
+            raise ValueError(f"schedule={schedule!r} applies to the confidence sampler only, not {sampler!r}")
+        return _STEPS[sampler]
+    return partial(confidence_step, schedule=schedule)
+
+
+def mdm_schedule(length: int, steps: int, block_length: int | None, sampler: str,
+                 schedule: str = "linear") -> tuple[int, int]:
+    """(block length, steps per block) of `generate_mdm`'s settings; a ValueError names a bad one."""
+    _step_function(sampler, schedule)
     if length <= 0:
         raise ValueError(f"length must be positive, got {length}")
     block = length if block_length is None else block_length
@@ -244,7 +275,7 @@ def mdm_schedule(length: int, steps: int, block_length: int | None, sampler: str
         raise ValueError(f"first_hitting reveals one token per pass, so steps must equal length={length}, got {steps}")
     if steps <= 0 or steps % n_blocks:
         raise ValueError(f"steps={steps} must be a positive multiple of the number of blocks ({n_blocks})")
-    if sampler == "confidence" and steps // n_blocks > block:
+    if sampler == "confidence" and schedule == "linear" and steps // n_blocks > block:
         raise ValueError(f"confidence sampling reveals at least one token per step, so its {steps // n_blocks} "
                          f"steps per block cannot exceed the {block} masked tokens of a block")
     return block, steps // n_blocks
@@ -253,70 +284,135 @@ def mdm_schedule(length: int, steps: int, block_length: int | None, sampler: str
 @torch.no_grad()
 def generate_mdm(model: nn.Module, prompts: Sequence[Sequence[int]], length: int, *, steps: int,
                  generator: torch.Generator, sampler: str, temperature: float = 0.0, cfg_scale: float = 0.0,
-                 block_length: int | None = None, eos_id: int | None = None, max_batch: int = 64,
-                 reuse_unchanged: bool = True, stats: dict | None = None) -> list[list[int]]:
+                 block_length: int | None = None, eos_id: int | None = None, schedule: str = "linear",
+                 max_batch: int = 64, reuse_unchanged: bool = True, head_at_masked: bool = True,
+                 stats: dict | None = None) -> list[list[int]]:
     """`length` tokens after each prompt by an MDM reverse-process `sampler`, cut after an EOS (kept).
 
     The canvas is prompt + [MASK] * length; `block_length` (a divisor of length) fills it block by
     block, left to right, each with steps / n_blocks steps (None: one block). With cfg_scale > 0
     every pass is guided (model/guidance.py: the prompt replaced by [MASK] in the second half).
-    `reuse_unchanged` keeps a row's logits while its canvas is unchanged (module docstring; False
-    is the plain reference). `stats`, when given, receives `passes` (steps x rows: the reverse
-    steps taken) and `forward_rows` (rows the network actually computed, CFG's unconditional rows
-    included), so passes x guidance_cost - forward_rows is what the reuse saved.
+    `schedule` is the confidence sampler's reveal count (`SCHEDULES`).
+    Exact speed-ups, each False for the plain reference: `reuse_unchanged` keeps a row's logits
+    while its canvas is unchanged (module docstring); `head_at_masked` runs the output head only
+    at the block's masked positions. `stats`, when given, receives `passes` (steps x rows: the
+    reverse steps taken) and `forward_rows` (rows the network actually computed, CFG's
+    unconditional rows included), so passes x guidance_cost - forward_rows is what reuse saved.
     """
     cfg = model.cfg
     if cfg.mask_id is None:
         raise ValueError("generate_mdm needs an MDM (a model with a [MASK] token)")
     _check_temperature(temperature)
-    block, block_steps = mdm_schedule(length, steps, block_length, sampler)
+    block, block_steps = mdm_schedule(length, steps, block_length, sampler, schedule)
     _check_prompts(prompts, cfg.vocab_size)
     device, out = model_device(model), [[] for _ in prompts]
     gens = _row_generators(prompts, generator, device)
     counts = {"passes": 0, "forward_rows": 0}
     for group in _length_groups(prompts, max(1, max_batch // guidance_cost(cfg_scale))):
         prompt = torch.tensor([[int(t) for t in prompts[i]] for i in group], device=device).view(len(group), -1)
-        canvas = _mdm_rows(model, prompt, length, block, block_steps, _STEPS[sampler],
-                           [gens[i] for i in group], temperature, cfg_scale, reuse_unchanged, counts)
-        for i, row in zip(group, canvas.tolist()):
+        b, p = prompt.shape
+        canvas = torch.cat([prompt, torch.full((b, length), cfg.mask_id, device=device)], 1)  # (B, P + length)
+        todo = (torch.arange(p + length, device=device) >= p).expand(b, -1)  # (B, P + length)
+        blocks = [slice(start, start + block) for start in range(p, p + length, block)]
+        canvas = reverse_process(model, canvas, todo, ~todo, blocks, block_steps, _step_function(sampler, schedule),
+                                 [gens[i] for i in group], temperature, cfg_scale, reuse_unchanged,
+                                 head_at_masked, counts)
+        for i, row in zip(group, canvas[:, p:].tolist()):
             out[i] = _truncate(row, eos_id)
     if stats is not None:
         stats.update(counts)
     return out
 
 
-def _refresh_logits(model: nn.Module, canvas: torch.Tensor, is_prompt: torch.Tensor, cfg_scale: float,
-                    logits: torch.Tensor | None, changed: torch.Tensor, counts: dict[str, int]) -> torch.Tensor:
-    """Guided logits (B, L, V) of `canvas` (B, L): the `changed` (B,) rows recomputed as a sub-batch,
-    the others kept from `logits` (their canvas, hence their logits, are what they were)."""
-    if logits is None or bool(changed.all()):
-        rows, logits = canvas.shape[0], guided_logits(model, canvas, is_prompt, cfg_scale)
-        _check_head(logits, model.cfg.vocab_size)
-    else:
-        idx = changed.nonzero().squeeze(1)  # (r,)
-        rows = idx.numel()
-        if rows:
-            logits[idx] = guided_logits(model, canvas[idx], is_prompt[idx], cfg_scale)  # (r, L, V)
-    counts["forward_rows"] += rows * guidance_cost(cfg_scale)
-    counts["passes"] += canvas.shape[0]
-    return logits
+@torch.no_grad()
+def infill_mdm(model: nn.Module, templates: Sequence[Sequence[int | None]], *, steps: int,
+               generator: torch.Generator, sampler: str, temperature: float = 0.0, cfg_scale: float = 0.0,
+               schedule: str = "linear", max_batch: int = 64) -> list[list[int]]:
+    """Each template completed: its None positions filled by the reverse process, the rest kept.
+
+    The fixed tokens may sit anywhere (before, between, after the blanks) and are the condition
+    that CFG masks in its unconditional half. `steps` is checked against every template's number
+    of blanks as `generate_mdm` checks it against `length`. Noise is per template, as there.
+    """
+    cfg = model.cfg
+    if cfg.mask_id is None:
+        raise ValueError("infill_mdm needs an MDM (a model with a [MASK] token)")
+    _check_temperature(temperature)
+    step = _step_function(sampler, schedule)
+    _check_prompts([[t for t in template if t is not None] for template in templates], cfg.vocab_size)
+    keys = [[cfg.mask_id if t is None else int(t) for t in template] for template in templates]
+    for blanks in sorted({key.count(cfg.mask_id) for key in keys}):
+        if blanks == 0:
+            raise ValueError("every template needs at least one blank (None) to fill")
+        mdm_schedule(blanks, steps, None, sampler, schedule)
+    device, out = model_device(model), [[] for _ in templates]
+    gens = _row_generators(keys, generator, device)
+    for group in _length_groups(keys, max(1, max_batch // guidance_cost(cfg_scale))):
+        canvas = torch.tensor([keys[i] for i in group], device=device)  # (B, L); [MASK] = vocab_size
+        todo = canvas == cfg.mask_id
+        canvas = reverse_process(model, canvas, todo, ~todo, [slice(0, canvas.shape[1])], steps, step,
+                                 [gens[i] for i in group], temperature, cfg_scale, True, True,
+                                 {"passes": 0, "forward_rows": 0})
+        for i, row in zip(group, canvas.tolist()):
+            out[i] = row
+    return out
 
 
-def _mdm_rows(model: nn.Module, prompt: torch.Tensor, length: int, block: int, block_steps: int, step: Step,
-              gens: Sequence[torch.Generator], temperature: float, cfg_scale: float, reuse_unchanged: bool,
-              counts: dict[str, int]) -> torch.Tensor:
-    """The reverse process for one batch of equal-length prompts (B, P) -> generated tokens (B, length)."""
-    b, p = prompt.shape
-    canvas = torch.cat([prompt, torch.full((b, length), model.cfg.mask_id, device=prompt.device)], 1)  # (B, P + length)
-    is_prompt = (torch.arange(p + length, device=prompt.device) < p).expand(b, -1)  # (B, P + length)
-    logits, changed = None, torch.ones(b, dtype=torch.bool, device=prompt.device)  # (B,)
-    for start in range(p, p + length, block):
-        span = slice(start, start + block)
+def _refresh(model: nn.Module, canvas: torch.Tensor, condition: torch.Tensor, cfg_scale: float,
+             log_probs: torch.Tensor | None, changed: torch.Tensor, span: slice, at: torch.Tensor | None,
+             counts: dict[str, int]) -> torch.Tensor:
+    """Guided log-probs (B, n, V) over `span` of `canvas` (B, L), at least fp32: the `changed` (B,)
+    rows recomputed as a sub-batch, the others kept from `log_probs` (their canvas, hence their
+    logits, are what they were). With `at` (B, L), only those positions get the head; elsewhere
+    the rows hold zeros, which no step reads."""
+    idx = changed.nonzero().squeeze(1)  # (r,)
+    b, n, vocab = canvas.shape[0], span.stop - span.start, model.cfg.vocab_size
+    if log_probs is None:
+        log_probs = canvas.new_zeros((b, n, vocab), dtype=torch.float32)
+    if idx.numel():
+        if at is None:
+            logits = guided_logits(model, canvas[idx], condition[idx], cfg_scale)  # (r, L, V)
+            _check_head(logits, vocab)
+            fresh = logits[:, span].to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+            log_probs = log_probs.to(fresh.dtype)
+            log_probs[idx] = fresh
+        else:
+            where = at[idx]  # (r, L)
+            logits = guided_logits(model, canvas[idx], condition[idx], cfg_scale, at=where)  # (N, V)
+            _check_head(logits, vocab)
+            fresh = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+            log_probs = log_probs.to(fresh.dtype)
+            sub = log_probs[idx]  # (r, n, V) copy
+            sub[where[:, span]] = fresh
+            log_probs[idx] = sub
+    counts["forward_rows"] += idx.numel() * guidance_cost(cfg_scale)
+    counts["passes"] += b
+    return log_probs
+
+
+def reverse_process(model: nn.Module, canvas: torch.Tensor, todo: torch.Tensor, condition: torch.Tensor,
+                    blocks: Sequence[slice], block_steps: int, step: Step, gens: Sequence[torch.Generator],
+                    temperature: float, cfg_scale: float, reuse_unchanged: bool, head_at_masked: bool,
+                    counts: dict[str, int]) -> torch.Tensor:
+    """The canvas (B, L) with its `todo` (B, L) positions filled, block by block; `block_steps`
+    steps per block. [MASK] outside `todo` (mask padding) stays. `condition` (B, L) is what
+    CFG masks. Shared by `generate_mdm`, `infill_mdm` and `likelihood.mdm_greedy_decode`."""
+    canvas, pending = canvas.clone(), todo.clone()
+    mask_id = model.cfg.mask_id
+    canvas[todo] = mask_id
+    for span in blocks:
+        log_probs, changed = None, torch.ones(canvas.shape[0], dtype=torch.bool, device=canvas.device)  # (B,)
         for j in range(block_steps):
-            logits = _refresh_logits(model, canvas, is_prompt, cfg_scale, logits, changed, counts)  # (B, P + length, V)
-            masked = canvas[:, span] == model.cfg.mask_id  # (B, n)
-            reveal, tokens = step(logits[:, span], masked, j, block_steps, gens, temperature)
+            masked = pending[:, span]  # (B, n)
+            at = None
+            if head_at_masked:
+                at = torch.zeros_like(pending)
+                at[:, span] = masked
+            log_probs = _refresh(model, canvas, condition, cfg_scale, log_probs, changed, span, at, counts)
+            reveal, tokens = step(log_probs, masked, j, block_steps, gens, temperature)
             canvas[:, span] = torch.where(reveal, tokens, canvas[:, span])
-            if reuse_unchanged:  # a reveal is the only way a canvas changes
-                changed = reveal.any(1)
-    return canvas[:, p:]
+            pending[:, span] &= ~reveal
+            # A reveal is the only way a canvas changes; without reuse every row counts as changed.
+            # A row with nothing left to fill in this block needs no logits either.
+            changed = (reveal.any(1) & pending[:, span].any(1)) if reuse_unchanged else torch.ones_like(changed)
+    return canvas

@@ -9,7 +9,8 @@ from scipy.stats import chisquare
 from torch import nn
 
 from model.config import ModelConfig
-from model.sampling import MDM_SAMPLERS, generate_arm, generate_mdm
+from model.likelihood import mdm_greedy_decode
+from model.sampling import MDM_SAMPLERS, generate_arm, generate_mdm, infill_mdm
 from model.transformer import Transformer
 
 V = 20
@@ -223,16 +224,20 @@ def test_mdm_bad_inputs():
         generate_mdm(tiny("arm"), [[1]], 8, steps=4, generator=gen(), sampler="ancestral")
 
 
+SPEEDUPS = [dict(reuse_unchanged=r, head_at_masked=h) for r, h in ((True, True), (True, False), (False, True))]
+
+
 @pytest.mark.parametrize("sampler,steps", SETTINGS + [("ancestral", 48)])
 @pytest.mark.parametrize("cfg_scale,block_length", [(0.0, None), (0.5, 4)])
-def test_reusing_unchanged_rows_changes_no_token(sampler, steps, cfg_scale, block_length):
-    """The skip is exact: the same tokens, seed for seed, greedy and sampled."""
+def test_exact_speedups_change_no_token(sampler, steps, cfg_scale, block_length):
+    """Each speed-up alone and both together give the plain path's tokens, seed for seed."""
     model, ps = tiny("mdm"), prompts()
-    for seed, temperature in ((0, 0.0), (1, 1.0), (2, 1.0)):
+    for seed, temperature in ((0, 0.0), (1, 1.0)):
         kw = dict(steps=steps, sampler=sampler, temperature=temperature, cfg_scale=cfg_scale,
                   block_length=block_length)
-        runs = [generate_mdm(model, ps, 12, generator=gen(seed), reuse_unchanged=reuse, **kw) for reuse in (True, False)]
-        assert runs[0] == runs[1], (seed, temperature)
+        plain = generate_mdm(model, ps, 12, generator=gen(seed), reuse_unchanged=False, head_at_masked=False, **kw)
+        for flags in SPEEDUPS:
+            assert generate_mdm(model, ps, 12, generator=gen(seed), **flags, **kw) == plain, (seed, flags)
 
 
 @pytest.mark.parametrize("cfg_scale", [0.0, 0.5])
@@ -260,6 +265,70 @@ def test_first_hitting_and_confidence_skip_nothing():
 
 def test_sampler_names():
     assert set(MDM_SAMPLERS) == {s for s, _ in SETTINGS}
+
+
+def test_paper_schedule_reveals_the_floor_rule_and_its_empty_steps_cost_nothing():
+    model = Counting(tiny("mdm"))
+    stats = {}
+    out = generate_mdm(model, [[3, 4]], 6, steps=8, generator=gen(), sampler="confidence", schedule="paper",
+                       stats=stats)
+    # floor(masked / steps left): 6/8, 6/7 -> 0; 6/6 -> 1; 5/5 -> 1; ... every token by the last step
+    assert masks_per_call(model) == [6, 5, 4, 3, 2, 1]  # the two empty steps reuse the first pass
+    assert stats == {"passes": 8, "forward_rows": 6} and len(out[0]) == 6
+    with pytest.raises(ValueError, match="confidence sampler only"):
+        generate_mdm(model, [[1]], 4, steps=4, generator=gen(), sampler="ancestral", schedule="paper")
+
+
+def test_paper_and_linear_schedules_agree_at_one_token_per_step():
+    model, ps = tiny("mdm"), prompts()
+    runs = [generate_mdm(model, ps, 8, steps=8, generator=gen(), sampler="confidence", temperature=1.0,
+                         schedule=schedule) for schedule in ("linear", "paper")]
+    assert runs[0] == runs[1]
+
+
+def naive_greedy(model, prompt, target_length):
+    """LAMBADA greedy decoding as a plain loop: unmask the position whose argmax is most probable."""
+    row = torch.tensor(list(prompt) + [V] * target_length)
+    for _ in range(target_length):
+        probs = model(row[None])[0].softmax(-1)  # (L, V)
+        best, token = probs.max(-1)
+        best[row != V] = -1.0
+        pos = int(best.argmax())
+        row[pos] = token[pos]
+    return tuple(row[len(prompt):].tolist())
+
+
+def test_greedy_decode_is_the_confidence_sampler_and_a_naive_loop():
+    model, ps = tiny("mdm"), prompts()
+    requests = [(p, [0] * (2 + i % 5)) for i, p in enumerate(ps)]
+    decoded = [g.decoded for g in mdm_greedy_decode(model, requests, max_batch=3)]
+    assert decoded == [naive_greedy(model, p, len(c)) for p, c in requests]
+    sampled = [tuple(generate_mdm(model, [p], len(c), steps=len(c), generator=gen(), sampler="confidence")[0])
+               for p, c in requests]
+    assert decoded == sampled
+    guided = [g.decoded for g in mdm_greedy_decode(model, requests, cfg_scale=0.5)]
+    assert guided == [tuple(generate_mdm(model, [p], len(c), steps=len(c), generator=gen(), sampler="confidence",
+                                         cfg_scale=0.5)[0]) for p, c in requests]
+
+
+def test_infill_keeps_fixed_tokens_fills_blanks_and_guides_on_all_of_them():
+    model, ps = Counting(tiny("mdm")), prompts()
+    templates = [p + [None, None, 7, None] + p + [7] for p in ps]
+    filled = infill_mdm(model, templates, steps=3, generator=gen(), sampler="confidence", cfg_scale=0.5)
+    for template, row in zip(templates, filled):
+        assert len(row) == len(template) and all(0 <= t < V for t in row)
+        assert all(t == f for t, f in zip(template, row) if t is not None)
+    first = model.calls[0]
+    half = len(first) // 2
+    assert (first[:half, -1] == 7).all() and (first[half:] == V).all()  # unconditional: every fixed token masked
+    # infilling at the end is generation: the same tokens (greedy, so the noise keys do not matter)
+    assert [row[len(p):] for p, row in zip(ps, infill_mdm(tiny("mdm"), [p + [None] * 6 for p in ps], steps=6,
+                                                           generator=gen(), sampler="confidence"))] == \
+        generate_mdm(tiny("mdm"), ps, 6, steps=6, generator=gen(), sampler="confidence")
+    with pytest.raises(ValueError, match="at least one blank"):
+        infill_mdm(tiny("mdm"), [[1, 2]], steps=1, generator=gen(), sampler="confidence")
+    with pytest.raises(ValueError, match="steps must equal length=2"):
+        infill_mdm(tiny("mdm"), [[1, None, None]], steps=3, generator=gen(), sampler="first_hitting")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,3 +416,19 @@ def test_two_step_ancestral_matches_its_exact_law():
     assert abs(float(law.sum()) - 1) < 1e-12
     assert chi2_p(counts, law) > 1e-3
     assert chi2_p(counts, joint) < 1e-6  # two steps are still visibly not the joint
+
+
+def test_first_hitting_infill_samples_the_conditional_given_a_fixed_middle_token():
+    digits = VT ** torch.arange(P)
+    n, fixed = 20000, 1
+    templates = [row + [None, fixed, None] for row in (torch.arange(n)[:, None] // digits % VT).tolist()]
+    rows = torch.tensor(infill_mdm(Oracle(toy_joint()), templates, steps=2, generator=gen(0),
+                                   sampler="first_hitting", temperature=1.0, max_batch=n))[:, -T:]  # (n, T)
+    assert (rows[:, 1] == fixed).all()
+    index = (rows * VT ** torch.arange(T - 1, -1, -1)).sum(1)
+    counts = torch.bincount(index, minlength=len(OUTCOMES)).double()
+    joint = toy_joint()
+    conditional = torch.where(OUTCOMES[:, 1] == fixed, joint, 0.0)
+    keep = conditional > 0
+    assert counts[~keep].sum() == 0
+    assert chi2_p(counts[keep], conditional[keep] / conditional.sum()) > 1e-3
