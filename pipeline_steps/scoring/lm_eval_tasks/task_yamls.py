@@ -7,7 +7,8 @@ folder that `--include_path` (or `TaskManager(include_path=...)`) then indexes. 
     multiple choice {"query","choices","gold"}  output_type multiple_choice, metrics acc, acc_norm
     greedy          {"query","target"}          output_type loglikelihood, metrics acc (is_greedy)
                                                 and perplexity
-    math            {"question","answer"}       skipped: generation comes with the samplers
+    math            {"question","answer"}       skipped: no generate_until YAML yet (the lm-eval
+                                                models can generate)
 
 The scored text is query + choice verbatim, as our evaluator scores it. Multiple choice follows
 stock lm-eval: the choices lose the one leading space that joins them to the query and
