@@ -89,13 +89,14 @@ def _gumbel(gen: torch.Generator, shape: tuple[int, ...], device: torch.device) 
 
 def _draw_tokens(logits: torch.Tensor, where: torch.Tensor, gens: Sequence[torch.Generator],
                  temperature: float) -> torch.Tensor:
-    """A token (B, n) at every `where` (B, n) position of logits (B, n, V); argmax elsewhere.
+    """A token (B, n) at every `where` (B, n) position of logits (B, n, V); 0 elsewhere.
 
     Each row's Gumbel noise comes from its own generator and covers only its `where` positions,
     so how much noise a row consumes depends on that row alone.
     """
-    tokens = logits.argmax(-1)  # (B, n)
+    tokens = torch.zeros(where.shape, dtype=torch.long, device=logits.device)  # (B, n)
     if temperature == 0:
+        tokens[where] = logits[where].argmax(-1)  # only the positions asked for: the rest is never read
         return tokens
     for b, gen in enumerate(gens):
         idx = where[b].nonzero().squeeze(1)  # (r,)
@@ -364,7 +365,7 @@ def _refresh(model: nn.Module, canvas: torch.Tensor, condition: torch.Tensor, cf
     """Guided log-probs (B, n, V) over `span` of `canvas` (B, L), at least fp32: the `changed` (B,)
     rows recomputed as a sub-batch, the others kept from `log_probs` (their canvas, hence their
     logits, are what they were). With `at` (B, L), only those positions get the head; elsewhere
-    the rows hold zeros, which no step reads."""
+    the buffer holds zeros or stale values, which no step reads (steps read masked positions)."""
     idx = changed.nonzero().squeeze(1)  # (r,)
     b, n, vocab = canvas.shape[0], span.stop - span.start, model.cfg.vocab_size
     if log_probs is None:
@@ -374,6 +375,8 @@ def _refresh(model: nn.Module, canvas: torch.Tensor, condition: torch.Tensor, cf
             logits = guided_logits(model, canvas[idx], condition[idx], cfg_scale)  # (r, L, V)
             _check_head(logits, vocab)
             fresh = logits[:, span].to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+            if idx.numel() == b:  # every row recomputed: nothing to keep, nothing to copy
+                return _counted(fresh, counts, b, b, cfg_scale)
             log_probs = log_probs.to(fresh.dtype)
             log_probs[idx] = fresh
         else:
@@ -382,11 +385,15 @@ def _refresh(model: nn.Module, canvas: torch.Tensor, condition: torch.Tensor, cf
             _check_head(logits, vocab)
             fresh = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
             log_probs = log_probs.to(fresh.dtype)
-            sub = log_probs[idx]  # (r, n, V) copy
-            sub[where[:, span]] = fresh
-            log_probs[idx] = sub
-    counts["forward_rows"] += idx.numel() * guidance_cost(cfg_scale)
-    counts["passes"] += b
+            rows = torch.zeros(b, dtype=torch.bool, device=canvas.device).index_fill_(0, idx, True)  # (B,)
+            log_probs[rows[:, None] & at[:, span]] = fresh  # row-major, as `fresh` was gathered
+    return _counted(log_probs, counts, b, idx.numel(), cfg_scale)
+
+
+def _counted(log_probs: torch.Tensor, counts: dict[str, int], rows: int, computed: int,
+             cfg_scale: float) -> torch.Tensor:
+    counts["forward_rows"] += computed * guidance_cost(cfg_scale)
+    counts["passes"] += rows
     return log_probs
 
 
