@@ -42,6 +42,7 @@ from pipeline_steps.scoring.evaluator import (
     LoadedModel,
     check_device,
     evaluate_items,
+    find_artifact,
     load_model,
 )
 
@@ -199,18 +200,6 @@ def chance(data: TaskData) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Models.
-
-def find_artifact(group_dir: Path) -> Path:
-    """The one size folder of a base group (models/pretrain/<group>/<size>), or that size folder
-    itself when named as `<group>/<size>`."""
-    if (group_dir / "config.json").exists():
-        return group_dir
-    sizes = sorted(p.parent for p in group_dir.glob("*/config.json"))
-    if len(sizes) != 1:
-        raise FileNotFoundError(f"{group_dir}: expected one model artifact folder, found "
-                                f"{[p.name for p in sizes]}")
-    return sizes[0]
-
 
 def base_models(cfg: EvaluateConfig, pretrain_dir: Path) -> dict[str, LoadedModel]:
     """`mdm`, `arm` and, when its group was trained, `mdm_stochlen`."""

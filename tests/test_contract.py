@@ -12,6 +12,7 @@ from pipeline_steps.core.params import ParamsError, build_config
 from pipeline_steps.core.profile import merge, render
 from pipeline_steps.corpus import CorpusConfig
 from pipeline_steps.evaluate import EvaluateConfig
+from pipeline_steps.generate import GenerateConfig
 from pipeline_steps.scaling import ScalingConfig
 from pipeline_steps.shards import ShardsConfig
 from pipeline_steps.tasks import TasksConfig
@@ -21,7 +22,7 @@ from tests.cli_errors import cli, one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "shards": ShardsConfig, "tasks": TasksConfig,
-            "evaluate": EvaluateConfig,
+            "evaluate": EvaluateConfig, "generate": GenerateConfig,
             "pretrain": PretrainConfig, "scaling": ScalingConfig}
 PROFILES = sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml"))
 CLIS = [f"pipeline_steps.{stage}" for stage in SECTIONS] + [

@@ -74,6 +74,11 @@ def test_every_stage_ran_and_left_its_outputs(debug_dag):
     scaling = json.loads((project / "metrics" / "scaling.json").read_text())
     assert set(scaling["families"]) == {"arm", "mdm"}
     assert (project / "reports" / "scaling" / "isoflop_curves.png").stat().st_size > 1000
+    generated = json.loads((project / "reports" / "generate" / "results.json").read_text())
+    judged = generated["judged"]  # the real judge ran on every distinct sample set and the reference
+    assert set(judged) == {s["key"] for s in generated["settings"]} | {"reference"}
+    assert all(q["gen_ppl"] > 1 and q["tokens"] > 0 and 0 < q["entropy"] for q in judged.values())
+    assert set(generated["pairs"]) == set(yaml.safe_load((project / "params.yaml").read_text())["generate"]["pairs"])
 
 
 def test_golden_losses_of_the_seeded_debug_runs(debug_dag):
@@ -96,8 +101,9 @@ def test_changing_one_group_reruns_only_what_depends_on_it(debug_dag):
     params["pretrain"]["groups"]["arm_c1"]["flops"] *= 1.5
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(["dvc", "repro"], project, env)
-    # evaluate reads the whole models/pretrain folder (Figure 3 takes grid models), so it reruns too
-    assert ran_stages(out.stdout) == {"pretrain@arm_c1", "scaling", "evaluate"}
+    # evaluate and generate read the whole models/pretrain folder (Figure 3 takes grid models, the
+    # debug profile's compute-gap pair takes arm_c1/33k), so they rerun too
+    assert ran_stages(out.stdout) == {"pretrain@arm_c1", "scaling", "evaluate", "generate"}
 
 
 def test_mlflow_has_a_pipeline_run_with_stage_children(debug_dag):

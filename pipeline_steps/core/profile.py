@@ -3,7 +3,7 @@
 profiles/default.yaml holds every value; another profile holds only what it changes, merged
 key by key (a mapping merges, anything else replaces). A key a profile adds that default.yaml
 does not have is an error, so a misspelt override cannot be silently ignored, except under
-mappings that are open by design (`pretrain.groups`, `evaluate.task_max_items`, per-size `lr`),
+mappings that are open by design (`pretrain.groups`, `evaluate.task_max_items`, `generate.pairs`, per-size `lr`),
 which a profile replaces whole. The written params.yaml records which profile made it.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pipeline_steps.core.params import ParamsError, load_params
 from pipeline_steps.core.stage_cli import guarded
 
 PROFILES = Path("profiles")
-REPLACED_WHOLE = {"pretrain.groups", "evaluate.task_max_items"}
+REPLACED_WHOLE = {"pretrain.groups", "evaluate.task_max_items", "generate.pairs"}
 
 
 def merge(base: dict[str, Any], override: dict[str, Any], where: str = "") -> dict[str, Any]:

@@ -130,6 +130,18 @@ def check_device(device: str, where: str = "device") -> None:
                          f"{torch.cuda.device_count()} CUDA device(s)")
 
 
+def find_artifact(group_dir: Path) -> Path:
+    """The one size folder of a base group (models/pretrain/<group>/<size>), or that size folder
+    itself when named as `<group>/<size>`."""
+    if (group_dir / "config.json").exists():
+        return group_dir
+    sizes = sorted(p.parent for p in group_dir.glob("*/config.json"))
+    if len(sizes) != 1:
+        raise FileNotFoundError(f"{group_dir}: expected one model artifact folder, found "
+                                f"{[p.name for p in sizes]}")
+    return sizes[0]
+
+
 def load_model(folder: str | Path, device: str = "cpu") -> LoadedModel:
     check_device(device)
     try:
