@@ -198,6 +198,9 @@ def load_pairs(cfg: GenerateConfig, pretrain_dir: Path) -> dict[str, LoadedModel
             if models[name].family != family:
                 raise InputError(f"generate.pairs.{pair_name}.{family}: {name} holds a {models[name].family!r} "
                                  f"model, expected {family!r}")
+            if models[name].tokenizer.serialized_model_proto() != next(iter(models.values())).tokenizer.serialized_model_proto():
+                raise InputError(f"generate.pairs.{pair_name}.{family}: {name} has another tokenizer than "
+                                 f"{next(iter(models))}; the pairs must share the prompts' tokens")
             context = models[name].model.cfg.context
             if cfg.prompt_tokens + cfg.length > context:
                 raise InputError(f"generate: prompt_tokens + length = {cfg.prompt_tokens + cfg.length} exceeds "

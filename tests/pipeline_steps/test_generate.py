@@ -10,7 +10,7 @@ import yaml
 from model.artifact import save_artifact
 from model.config import config_for
 from model.transformer import Transformer
-from pipeline_steps import generate
+from pipeline_steps import generate, tokenizer
 from pipeline_steps.core.tracking import NullTracker
 from pipeline_steps.generate import GenerateConfig, Pair
 from pipeline_steps.scoring import frontier
@@ -27,6 +27,10 @@ def pretrain_dir(tiny_data, tmp_path_factory):
         folder = root / name if "/" in name else root / name / "16k"
         save_artifact(Transformer(config_for("16k", family, 320, context=32)), folder,
                       tiny_data["tokenizer"] / "tokenizer.model")
+    other = root / "other_tokenizer"  # an ARM whose tokenizer differs from the rest
+    tokenizer.run(tokenizer.TokenizerConfig(vocab_size=300), tiny_data["corpus"], other, NullTracker())
+    save_artifact(Transformer(config_for("16k", "arm", 320, context=32)), root / "arm_other" / "16k",
+                  other / "tokenizer.model")
     return root
 
 
@@ -106,6 +110,7 @@ def write_params(tmp_path, **changes) -> str:
     ({"length": 40}, ["prompt_tokens + length = 44", "context 32"]),
     ({"n_prompts": 500, "timing_prompts": 1}, ["val.jsonl", "n_prompts=500"]),
     ({"confidence_steps": [9]}, ["generate", "cannot exceed the 8 masked tokens"]),
+    ({"pairs": {"gap": {"mdm": "mdm_base", "arm": "arm_other"}}}, ["generate.pairs.gap.arm", "another tokenizer"]),
 ])
 def test_bad_inputs_are_one_line(tiny_data, pretrain_dir, tmp_path, changes, needles):
     out = cli(["-m", "pipeline_steps.generate", "--params", write_params(tmp_path, **changes), "--corpus",
