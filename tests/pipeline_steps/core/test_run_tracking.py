@@ -140,7 +140,10 @@ def toy_stage(stage: str, *args: str, wait: bool = False) -> subprocess.Popen:
     """The toy DAG's stage command, as DVC runs it; with `wait`, it holds its run open until killed."""
     if wait:
         Path(f"WAIT-{stage}").touch()
-    process = subprocess.Popen([sys.executable, "step.py", stage, *args], stdout=subprocess.PIPE, text=True)
+    # Ctrl-C as at a terminal: a test run started as a background job inherits SIGINT ignored
+    # (POSIX shells ignore it in asynchronous lists), which Python keeps, and no KeyboardInterrupt comes.
+    process = subprocess.Popen([sys.executable, "step.py", stage, *args], stdout=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if wait:
         for line in process.stdout:  # the stage prints `waiting` once its run is open
             if line.strip() == "waiting":
