@@ -76,7 +76,12 @@ def pair_readings(cfg, settings: list[dict], judged: dict[str, dict]) -> dict[st
             reading.update(arm_ppl=q_arm["gen_ppl"], arm_ppl_se=q_arm["gen_ppl_se"], arm_entropy=q_arm["entropy"])
             matches = [s for s in mdm if judged[s["key"]]["gen_ppl"] <= q_arm["gen_ppl"] + q_arm["gen_ppl_se"]
                        and abs(judged[s["key"]]["entropy"] - q_arm["entropy"]) <= ENTROPY_TOLERANCE]
-            closest = min(mdm, key=lambda s: judged[s["key"]]["gen_ppl"])
+            # Where the frontiers come closest: among settings at least as good in perplexity, the
+            # smallest entropy gap (a low perplexity bought by repetition is not the ARM's quality);
+            # without any, the lowest perplexity.
+            good = [s for s in mdm if judged[s["key"]]["gen_ppl"] <= q_arm["gen_ppl"] + q_arm["gen_ppl_se"]]
+            closest = (min(good, key=lambda s: abs(judged[s["key"]]["entropy"] - q_arm["entropy"])) if good
+                       else min(mdm, key=lambda s: judged[s["key"]]["gen_ppl"]))
             for label, s in (("match", min(matches, key=lambda s: s["seconds_per_sample_1"]) if matches else None),
                              ("closest", closest)):
                 if s is not None:
@@ -129,7 +134,8 @@ def reading_line(r: dict) -> str:
                 f"{m['time_ratio_1']:.2f}x the ARM's time at batch 1 ({m['time_ratio_batch']:.2f}x batched)")
     c = r["closest"]
     return (f"{arm}; no MDM setting reaches it: the frontiers do not cross. Closest: `{c['key']}` at ppl "
-            f"{c['gen_ppl']:.1f}, entropy {c['entropy']:.2f}, {c['time_ratio_1']:.2f}x the ARM's time at batch 1")
+            f"{c['gen_ppl']:.1f}, entropy {c['entropy']:.2f} ({c['entropy'] - r['arm_entropy']:+.2f} nats), "
+            f"{c['time_ratio_1']:.2f}x the ARM's time at batch 1")
 
 
 def _row(results: dict, model: str, steps: int, w: float) -> dict | None:

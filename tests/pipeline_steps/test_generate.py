@@ -93,6 +93,9 @@ def test_the_reading_takes_the_fastest_setting_at_the_arms_quality_and_the_verdi
     r = reading({"arm": arm, "fast": {**good, "gen_ppl": 111.0}, "slow": {**good, "gen_ppl": 130.0}})
     assert r["match"] is None and r["closest"]["key"] == "fast"
     assert "do not cross" in frontier.reading_line(r)
+    # closest: as good in perplexity with the smaller entropy gap, not the repetitive lowest perplexity
+    r = reading({"arm": arm, "fast": {**good, "gen_ppl": 40.0, "entropy": 2.0}, "slow": {**good, "entropy": 3.2}})
+    assert r["match"] is None and r["closest"]["key"] == "slow" and "(+0.20 nats)" in frontier.reading_line(r)
 
 
 def write_params(tmp_path, **changes) -> str:
@@ -112,9 +115,18 @@ def write_params(tmp_path, **changes) -> str:
     ({"confidence_steps": [9]}, ["generate", "cannot exceed the 8 masked tokens"]),
     ({"pairs": {"gap": {"mdm": "mdm_base", "arm": "arm_other"}}}, ["generate.pairs.gap.arm", "another tokenizer"]),
 ])
-def test_bad_inputs_are_one_line(tiny_data, pretrain_dir, tmp_path, changes, needles):
-    out = cli(["-m", "pipeline_steps.generate", "--params", write_params(tmp_path, **changes), "--corpus",
+def test_bad_inputs_are_one_line(tiny_data, pretrain_dir, tmp_path, changes, needles, capsys, monkeypatch):
+    monkeypatch.setenv("SMDM_TRACKING", "off")
+    argv = ["--params", write_params(tmp_path, **changes), "--corpus", str(tiny_data["corpus"]), "--models",
+            str(pretrain_dir), "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json")]
+    assert generate.main(argv) == 2  # in-process: the stage CLI's guard, as `python -m` runs it
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and all(n in lines[0] for n in needles), lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_input_is_one_line_through_the_command_line(tiny_data, pretrain_dir, tmp_path):
+    out = cli(["-m", "pipeline_steps.generate", "--params", write_params(tmp_path, length=40), "--corpus",
                str(tiny_data["corpus"]), "--models", str(pretrain_dir), "--out", str(tmp_path / "out"),
                "--metrics", str(tmp_path / "m.json")], tmp_path)
-    one_line_error(out, *needles)
-    assert not (tmp_path / "out").exists()
+    one_line_error(out, "prompt_tokens + length = 44", "context 32")
