@@ -31,7 +31,9 @@ draws its noise for every step, so the random streams stay aligned and the token
 the plain path's (as far as the network is batch-invariant: the "8 batches of 1" property). This
 saves ancestral sampling's steps that reveal nothing, many when steps exceed the length, and the
 paper schedule's empty steps. `head_at_masked`: only masked positions of the current block are
-ever read, so the output head (d x V per position, a large share of a small model) runs there only.
+ever read, so the output head (d x V per position, a large share of a small model) runs there only;
+its matmul has another shape than the full pass, so it is exact as far as that matmul rounds each
+row alike (it does on this CPU: the tests; a GPU library may pick other kernels per shape).
 """
 from __future__ import annotations
 
@@ -310,7 +312,8 @@ def generate_mdm(model: nn.Module, prompts: Sequence[Sequence[int]], length: int
     gens = _row_generators(prompts, generator, device)
     counts = {"passes": 0, "forward_rows": 0}
     for group in _length_groups(prompts, max(1, max_batch // guidance_cost(cfg_scale))):
-        prompt = torch.tensor([[int(t) for t in prompts[i]] for i in group], device=device).view(len(group), -1)
+        prompt = torch.tensor([[int(t) for t in prompts[i]] for i in group], dtype=torch.long,
+                              device=device).view(len(group), -1)
         b, p = prompt.shape
         canvas = torch.cat([prompt, torch.full((b, length), cfg.mask_id, device=device)], 1)  # (B, P + length)
         todo = (torch.arange(p + length, device=device) >= p).expand(b, -1)  # (B, P + length)

@@ -4,9 +4,9 @@ On one machine in one run, every setting generates `length` tokens after the sam
 first `prompt_tokens` of windows from held-out corpus documents, data/corpus val.jsonl):
 - the MDM of each pair across ancestral step counts, the confidence sampler, first hitting, one
   semi-autoregressive block setting and unsupervised CFG across w (model/sampling.py);
-- the ARM of each pair with and without its KV cache (the same tokens: checked, not assumed).
+- the ARM of each pair with and without its KV cache (the same tokens: counted, not assumed).
 Each setting is timed at batch `batch` (all prompts) and at batch 1 (the first `timing_prompts`
-prompts one at a time, also checked to give the batch's tokens), and its samples are judged once
+prompts one at a time; rows that differ from the batch's are counted), and its samples are judged once
 (pipeline_steps/scoring/judge.py: generative perplexity with its standard error and the samples'
 unigram entropy, since the judge rewards repetition). The real continuations are judged too: the
 natural-text reference. Pairs name an MDM and an ARM from models/pretrain; the paper compares an
@@ -76,6 +76,8 @@ class GenerateConfig:
     """Rows per sampler call for the batched timing (all prompts)."""
     timing_prompts: int = 4
     """Prompts timed one at a time (batch 1)."""
+    timing_repeats: int = 3
+    """Timed repeats of each call; the fastest counts (a neighbour's burst only ever slows a repeat)."""
     judge: bool = True
     """Score samples with the judge (the `judge` extra); false: quality columns are missing."""
     judge_batch: int = 8
@@ -90,8 +92,8 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if not self.pairs:
             raise ValueError("pairs must name at least one MDM/ARM pair")
-        if min(self.n_prompts, self.prompt_tokens, self.length, self.batch, self.judge_batch) < 1:
-            raise ValueError("n_prompts, prompt_tokens, length, batch and judge_batch must be >= 1")
+        if min(self.n_prompts, self.prompt_tokens, self.length, self.batch, self.judge_batch, self.timing_repeats) < 1:
+            raise ValueError("n_prompts, prompt_tokens, length, batch, judge_batch and timing_repeats must be >= 1")
         if not 1 <= self.timing_prompts <= self.n_prompts:
             raise ValueError(f"timing_prompts must be in [1, n_prompts={self.n_prompts}], got {self.timing_prompts}")
         if self.temperature < 0 or any(w <= 0 for w in self.cfg_scales) or self.threads < 0:
@@ -144,10 +146,14 @@ def load_prompts(cfg: GenerateConfig, corpus_dir: Path, lm: LoadedModel) -> list
 # ---------------------------------------------------------------------------------------------
 # Sampling and timing.
 
-def timed(fn) -> tuple[list[list[int]], float]:
-    started = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - started
+def timed(fn, repeats: int) -> tuple[list[list[int]], float]:
+    """fn's output (the same every repeat: seeded) and its fastest wall time over `repeats` calls."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - started)
+    return out, best
 
 
 def sample_setting(lm: LoadedModel, prompts: list[list[int]], cfg: GenerateConfig, setting: dict) -> dict:
@@ -161,13 +167,17 @@ def sample_setting(lm: LoadedModel, prompts: list[list[int]], cfg: GenerateConfi
                             max_batch=max_batch, stats=stats, **setting)
 
     stats: dict = {}
-    tokens, seconds = timed(lambda: call(prompts, cfg.batch, stats))
+    tokens, seconds = timed(lambda: call(prompts, cfg.batch, stats), cfg.timing_repeats)  # stats: the last call's
     few = prompts[:cfg.timing_prompts]
-    alone, seconds_1 = timed(lambda: call(few, 1))
-    if alone != tokens[:len(few)]:
-        raise RuntimeError(f"{lm.path} {setting}: batch 1 and batch {cfg.batch} gave different tokens")
+    alone, seconds_1 = timed(lambda: call(few, 1), cfg.timing_repeats)
+    # Rows draw their own noise, so batch 1 gives the batch's tokens wherever the network rounds each
+    # row alike whatever the batch (this CPU: yes, tested); a GPU may not. Recorded, never hidden.
+    differ = sum(a != b for a, b in zip(alone, tokens))
+    if differ:
+        log.warning("%s %s: %d of %d rows differ between batch 1 and batch %d", lm.path, setting, differ,
+                    len(few), cfg.batch)
     rows = stats.get("forward_rows", len(prompts) * cfg.length)  # the cached ARM: one row per token
-    return {"tokens": tokens, "forward_rows_per_sample": rows / len(prompts),
+    return {"tokens": tokens, "forward_rows_per_sample": rows / len(prompts), "batch1_rows_differ": differ,
             "seconds_per_sample_batch": seconds / len(prompts), "seconds_per_sample_1": seconds_1 / len(few),
             "seconds_per_token_batch": seconds / (len(prompts) * cfg.length),
             "seconds_per_token_1": seconds_1 / (len(few) * cfg.length)}
@@ -183,8 +193,11 @@ def run_settings(cfg: GenerateConfig, models: dict[str, LoadedModel], prompts: l
                    **sample_setting(lm, prompts, cfg, setting)}
             log.info("%s %s: %.3f s/sample at batch 1", name, setting, row["seconds_per_sample_1"])
             results.append(row)
-        if lm.family == "arm" and results[-1]["tokens"] != results[-2]["tokens"]:
-            raise RuntimeError(f"{lm.path}: the KV cache changed the ARM's tokens")
+        if lm.family == "arm":  # the cache is exact up to the rounding of other matmul shapes
+            differ = sum(a != b for a, b in zip(results[-1]["tokens"], results[-2]["tokens"]))
+            results[-2]["cache_rows_differ"] = differ
+            if differ:
+                log.warning("%s: %d rows differ with and without the KV cache", lm.path, differ)
     return results
 
 

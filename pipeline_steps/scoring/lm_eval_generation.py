@@ -24,7 +24,8 @@ def check_temperature(value: float) -> float:
 
 def generation_settings(gen_kwargs: dict, temperature: float) -> tuple[list[str], int, float]:
     """(stop strings, max_gen_toks, temperature) of one request's gen_kwargs; `temperature` is the
-    model arg, which the task's own temperature overrides; do_sample=False is greedy."""
+    model arg, which the task's own temperature overrides; do_sample=False is greedy, do_sample=True
+    without any temperature above 0 samples at 1."""
     unknown = sorted(set(gen_kwargs) - set(GEN_KWARGS))
     if unknown:
         raise ValueError(f"gen_kwargs {unknown[0]!r} is not supported by smdm models; expected only {', '.join(GEN_KWARGS)}")
@@ -35,6 +36,8 @@ def generation_settings(gen_kwargs: dict, temperature: float) -> tuple[list[str]
         raise ValueError(f"gen_kwargs max_gen_toks must be positive, got {max_gen_toks}")
     if gen_kwargs.get("do_sample") is False:
         return until, max_gen_toks, 0.0
+    if gen_kwargs.get("do_sample") is True and "temperature" not in gen_kwargs and temperature == 0:
+        temperature = 1.0  # a task that asks to sample, with no temperature of its own: the model's distribution
     return until, max_gen_toks, check_temperature(gen_kwargs.get("temperature", temperature))
 
 

@@ -263,6 +263,11 @@ def test_first_hitting_and_confidence_skip_nothing():
         assert stats == {"passes": 64, "forward_rows": 64}
 
 
+def test_an_empty_prompt_generates_from_masks_alone():
+    rows = generate_mdm(tiny("mdm"), [[], []], 4, steps=4, generator=gen(), sampler="ancestral", temperature=1.0)
+    assert rows[0] == rows[1] and len(rows[0]) == 4 and all(0 <= t < V for t in rows[0])
+
+
 def test_sampler_names():
     assert set(MDM_SAMPLERS) == {s for s, _ in SETTINGS}
 

@@ -51,6 +51,8 @@ def test_the_stage_writes_every_table_and_checks_its_exact_variants(tiny_data, p
     for arm in ("arm_c1/16k", "arm_base"):
         cached, plain = (s for s in settings if s["model"] == arm)
         assert cached["tokens"] == plain["tokens"] and cached["key"] == plain["key"]  # one sample set
+        assert cached["cache_rows_differ"] == 0
+    assert all(s["batch1_rows_differ"] == 0 for s in settings)  # batch 1 = the batch, on this CPU
     by_steps = {s["steps"]: s["forward_rows_per_sample"] for s in mdm if s["sampler"] == "ancestral" and
                 not s["block_length"] and not s["cfg_scale"]}
     assert by_steps[16] < 16 and by_steps[2] == 2  # reuse skips ancestral's empty steps

@@ -176,3 +176,12 @@ def test_console_script_runs_a_generation_task(artifacts, sp, gen_task, tmp_path
     (samples_file,) = (tmp_path / "out").glob(f"*/samples_{TASK}_*.jsonl")
     samples = sorted((json.loads(line) for line in samples_file.read_text().splitlines()), key=lambda s: s["doc_id"])
     assert [s["resps"][0][0] for s in samples] == [cut(t, gen_task["until"]) for t in gen_task["greedy"]["arm"]]
+
+
+def test_do_sample_without_a_temperature_samples_at_one():
+    from pipeline_steps.scoring.lm_eval_generation import generation_settings
+
+    assert generation_settings({"do_sample": True}, 0.0)[2] == 1.0
+    assert generation_settings({"do_sample": True}, 0.7)[2] == 0.7  # the model arg when it samples
+    assert generation_settings({"do_sample": True, "temperature": 0.0}, 0.0)[2] == 0.0  # the task's own
+    assert generation_settings({"do_sample": False, "temperature": 0.9}, 0.5)[2] == 0.0
