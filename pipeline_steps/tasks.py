@@ -80,9 +80,9 @@ class TasksConfig:
     """Block val sentences that recur verbatim in train.jsonl (reads the whole train split)."""
     reversal_path: str | None = None
     """Folder with Berglund et al.'s real files; null generates them."""
-    reversal_people: int = 20
+    reversal_people: int = 10
     """Generated people per subset (p2d, d2p, both); the paper's data has 30."""
-    reversal_train_paraphrases: int = 10
+    reversal_train_paraphrases: int = 5
     """Training prompt templates per fact (the paper's data: 30)."""
     reversal_test_paraphrases: int = 4
     """Held-out prompt templates per fact in the test files (the paper's data: 10)."""

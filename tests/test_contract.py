@@ -8,22 +8,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_steps.core.params import ParamsError, build_config
+from pipeline_steps.core.params import ParamsError, build_config, section
 from pipeline_steps.core.profile import merge, render
 from pipeline_steps.corpus import CorpusConfig
 from pipeline_steps.evaluate import EvaluateConfig
 from pipeline_steps.generate import GenerateConfig
+from pipeline_steps.reversal import ReversalConfig
 from pipeline_steps.scaling import ScalingConfig
 from pipeline_steps.shards import ShardsConfig
 from pipeline_steps.tasks import TasksConfig
 from pipeline_steps.tokenizer import TokenizerConfig
 from pipeline_steps.training.config import PretrainConfig
+from pipeline_steps.training.finetune_config import FinetuneConfig
 from tests.cli_errors import cli, one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "shards": ShardsConfig, "tasks": TasksConfig,
             "evaluate": EvaluateConfig, "generate": GenerateConfig,
-            "pretrain": PretrainConfig, "scaling": ScalingConfig}
+            "pretrain": PretrainConfig, "scaling": ScalingConfig, "finetune": FinetuneConfig,
+            "reversal": ReversalConfig}
 PROFILES = sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml"))
 CLIS = [f"pipeline_steps.{stage}" for stage in SECTIONS] + [
     "pipeline_steps.scoring.evaluator", "pipeline_steps.core.profile"]
@@ -113,13 +116,18 @@ def test_dvc_yaml_params_exist_in_every_profile():
         params = render(profile, ROOT / "profiles")
         for name, stage in stages.items():
             body = stage.get("do", stage)
+            foreach = section(params, stage["foreach"].strip("${}")) if "foreach" in stage else {}
             for dotted in body.get("params", []):
-                keys = [dotted] if "${key}" not in dotted else [dotted.replace("${key}", k) for k in params["pretrain"]["groups"]]
+                keys = [dotted] if "${key}" not in dotted else [dotted.replace("${key}", k) for k in foreach]
                 for key in keys:
                     node = params
                     for part in key.split("."):
                         assert part in node, f"{profile}: {name} needs params {key}"
                         node = node[part]
+        # what the fine-tuning and reversal stages depend on exists in the profile
+        for name, group in params["finetune"]["groups"].items():
+            assert group["base"].split("/")[0] in params["pretrain"]["groups"], f"{profile}: finetune.groups.{name}.base"
+        assert {params["reversal"]["mdm"], params["reversal"]["arm"]} <= set(params["finetune"]["groups"]), profile
 
 
 @pytest.mark.parametrize("module", CLIS)
@@ -132,7 +140,7 @@ def test_every_stage_cli_is_documented(module):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", sorted(SECTIONS))
 def test_every_stage_says_what_is_wrong_with_its_params_in_one_line(stage, tmp_path):
-    group = ["--group", "arm_base"] if stage == "pretrain" else []
+    group = {"pretrain": ["--group", "arm_base"], "finetune": ["--group", "reversal_mdm"]}.get(stage, [])
     params = render("default", ROOT / "profiles")
     missing = tmp_path / "absent.yaml"
     one_line_error(cli(["-m", f"pipeline_steps.{stage}", "--params", str(missing), *group], tmp_path),

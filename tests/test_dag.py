@@ -60,8 +60,10 @@ def debug_dag(tmp_path_factory):
 def test_every_stage_ran_and_left_its_outputs(debug_dag):
     project = debug_dag["project"]
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
-    groups = yaml.safe_load((project / "params.yaml").read_text())["pretrain"]["groups"]
-    expected = {s for s in stages if s != "pretrain"} | {f"pretrain@{g}" for g in groups}
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    groups, finetuned = params["pretrain"]["groups"], params["finetune"]["groups"]
+    expected = ({s for s in stages if s not in ("pretrain", "finetune")} | {f"pretrain@{g}" for g in groups}
+                | {f"finetune@{g}" for g in finetuned})
     assert ran_stages(debug_dag["first"]) == expected
     for stage in ("corpus", "tokenizer", "shards", "scaling"):
         assert json.loads((project / "metrics" / f"{stage}.json").read_text())
@@ -78,7 +80,13 @@ def test_every_stage_ran_and_left_its_outputs(debug_dag):
     judged = generated["judged"]  # the real judge ran on every distinct sample set and the reference
     assert set(judged) == {s["key"] for s in generated["settings"]} | {"reference"}
     assert all(q["gen_ppl"] > 1 and q["tokens"] > 0 and 0 < q["entropy"] for q in judged.values())
-    assert set(generated["pairs"]) == set(yaml.safe_load((project / "params.yaml").read_text())["generate"]["pairs"])
+    assert set(generated["pairs"]) == set(params["generate"]["pairs"])
+    for group, spec in finetuned.items():  # each fine-tuned artifact names the pretrain artifact it came from
+        config = json.loads((project / "models" / "finetune" / group / "config.json").read_text())
+        assert config["finetuned_from"]["base"] == spec["base"] and config["finetune"]["data"] == spec["data"]
+    reversal = json.loads((project / "metrics" / "reversal.json").read_text())
+    assert {"mdm/reverse/exact_match", "arm/reverse/exact_match"} <= set(reversal)
+    assert "| ARM (ours) |" in (project / "reports" / "reversal" / "table5.md").read_text()
 
 
 def test_golden_losses_of_the_seeded_debug_runs(debug_dag):

@@ -136,6 +136,9 @@ def load_folder(folder: str | Path) -> dict[str, list[dict]]:
     files = {}
     for name in REQUIRED:
         rows = read_jsonl(folder / f"{name}.jsonl")
+        if not rows:
+            raise InputError(f"{folder / name}.jsonl: empty; expected one JSON object per line, "
+                             '{"prompt": ..., "completion": ...}')
         for i, row in enumerate(rows):
             if not (isinstance(row, dict) and isinstance(row.get("prompt"), str)
                     and isinstance(row.get("completion"), str)):
