@@ -9,14 +9,16 @@ from and on what (pipeline_steps/training/finetune_runs.py).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pipeline_steps.core.files import atomic_write_json
 from pipeline_steps.core.params import build_config, load_params, section
 from pipeline_steps.core.stage_cli import guarded, stage_parser
-from pipeline_steps.core.tracking import Tracker
+from pipeline_steps.core.tracking import NullTracker, Tracker
 from pipeline_steps.training.finetune_config import FinetuneConfig
 from pipeline_steps.training.finetune_runs import finetune_one
+from pipeline_steps.training.runs import die_with_parent, secondary_rank
 
 
 def run(cfg: FinetuneConfig, group: str, pretrain_dir: str | Path, tasks_dir: str | Path, corpus_dir: str | Path,
@@ -41,11 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         cfg = build_config(FinetuneConfig, section(load_params(args.params), "finetune"), "finetune")
         group = cfg.group(args.group)
+        out = args.out or f"models/finetune/{args.group}"
+        # Lightning's DDP launcher re-runs this command for ranks > 0: they train and write nothing.
+        if secondary_rank():
+            if int(os.environ.get("LOCAL_RANK", 0)):
+                die_with_parent(os.getppid())
+            run(cfg, args.group, args.models, args.tasks, args.corpus, out, NullTracker())
+            return
         from pipeline_steps.core.run_tracking import stage_tracker
 
         with stage_tracker(f"finetune@{args.group}", {"family": group.family}) as tracker:
-            metrics = run(cfg, args.group, args.models, args.tasks, args.corpus,
-                          args.out or f"models/finetune/{args.group}", tracker)
+            metrics = run(cfg, args.group, args.models, args.tasks, args.corpus, out, tracker)
         atomic_write_json(args.metrics.replace("<group>", args.group), metrics)
         print(f"finetune@{args.group}: {int(metrics['steps'])} steps on {int(metrics['rows'])} rows, "
               f"train loss {metrics['train/loss']:.3f}, {metrics['seconds']:.0f} s")

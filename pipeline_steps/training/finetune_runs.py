@@ -28,7 +28,14 @@ from pipeline_steps.core.tracking import Tracker
 from pipeline_steps.training.config import OptimConfig
 from pipeline_steps.training.finetune_config import FinetuneConfig, FinetuneGroup
 from pipeline_steps.training.runs import lightning_logger
-from pipeline_steps.training.sft_data import EpochBatches, Row, conditional_rows, reversal_rows, rows_hash
+from pipeline_steps.training.sft_data import (
+    EpochBatches,
+    Row,
+    conditional_rows,
+    reversal_rows,
+    rows_hash,
+    steps_per_epoch,
+)
 from pipeline_steps.training.system import adamw_with_schedule
 
 
@@ -117,7 +124,7 @@ def finetune_one(cfg: FinetuneConfig, name: str, pretrain_dir: Path, tasks_dir: 
     tokenizer_file = folder / TOKENIZER
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_file))
     rows = load_rows(cfg, group, sp, tasks_dir, corpus_dir, model.cfg.context)
-    steps = group.epochs * -(-len(rows) // group.batch)
+    steps = group.epochs * steps_per_epoch(len(rows), group.batch, cfg.train.devices)
     base_sha, data_hash = sha256_file(folder / WEIGHTS), rows_hash(rows)
     key = run_key(cfg, group, base_sha, data_hash)
     ckpt_dir = Path(cfg.train.checkpoint_dir) / key
@@ -150,7 +157,8 @@ def finetune_one(cfg: FinetuneConfig, name: str, pretrain_dir: Path, tasks_dir: 
               "epochs": group.epochs, "steps": steps, "batch": group.batch, "lr": lr, "run_key": key,
               "context": model.cfg.context,
               "seconds": time.perf_counter() - started, "resumed": resumed,
-              "train/loss": float(torch.stack(system.recent_losses).double().mean()) if system.recent_losses else 0.0}
+              # nan: a run resumed at its last step trained nothing in this process
+              "train/loss": float(torch.stack(system.recent_losses).double().mean()) if system.recent_losses else float("nan")}
     if trainer.global_rank != 0:
         return record
     lineage = {"finetuned_from": {"base": group.base, "folder": str(folder), "weights_sha256": base_sha,

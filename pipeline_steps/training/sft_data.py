@@ -3,8 +3,8 @@
 A row is (prompt tokens, response tokens); the batch puts BOS + prompt + response + EOS in one
 sequence and right-pads it with EOS (model/sft.py: the padding is response, so the model learns
 to stop). Sources:
-- `reversal`: a reversal folder's all_prompts_train (task_sources/reversal.py), whole sequences:
-  the prompt is part of the response, as Berglund et al. and the paper train.
+- `reversal`: a reversal folder's all_prompts_train (task_sources/reversal.py); a whole-sequence
+  group trains prompt and completion alike, as Berglund et al. and the paper do.
 - `conditional`: prompt/continuation windows of the corpus's train documents (never val, which the
   frontier's prompts come from), for conditional fine-tuning with and without prompt dropout.
 """
@@ -38,12 +38,8 @@ def encode_pair(sp: spm.SentencePieceProcessor, prompt: str, response: str) -> R
 
 
 def reversal_rows(folder: Path, sp: spm.SentencePieceProcessor) -> list[Row]:
-    """all_prompts_train as whole sequences: no prompt, the sentence is the response."""
-    rows = []
-    for row in load_folder(folder)["all_prompts_train"]:
-        prompt, response = encode_pair(sp, row["prompt"], row["completion"])
-        rows.append(([], prompt + response))
-    return rows
+    """all_prompts_train as (prompt, completion) rows (a whole-sequence group joins them)."""
+    return [encode_pair(sp, row["prompt"], row["completion"]) for row in load_folder(folder)["all_prompts_train"]]
 
 
 def conditional_rows(corpus_dir: Path, sp: spm.SentencePieceProcessor, pairs: int, prompt_tokens: int,
@@ -72,6 +68,13 @@ def rows_hash(rows: Sequence[Row]) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
+def steps_per_epoch(rows: int, batch: int, world: int = 1) -> int:
+    """Steps that visit every row once; a last batch smaller than the ranks is dropped (every
+    rank needs a row)."""
+    full, rest = divmod(rows, batch)
+    return full + (rest >= world)
+
+
 def collate(rows: Sequence[Row], bos: int, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens, prompt) of shape (B, L): BOS + prompt + response + EOS, right-padded with EOS; the
     BOS belongs to the prompt of a conditional row and to the response of a whole-sequence one."""
@@ -96,12 +99,13 @@ class EpochBatches(torch.utils.data.IterableDataset):
             raise ValueError(f"a batch of {batch} rows cannot be shared by {world} ranks")
         self.rows, self.batch, self.total_steps, self.seed = rows, batch, total_steps, seed
         self.bos, self.eos, self.rank, self.world, self.start_step = bos, eos, rank, world, start_step
-        self.steps_per_epoch = -(-len(rows) // batch)
+        self.steps_per_epoch = steps_per_epoch(len(rows), batch, world)
 
     def indices(self, step: int) -> np.ndarray:
         epoch, within = divmod(step, self.steps_per_epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
-        return order[within * self.batch:(within + 1) * self.batch][self.rank::self.world]
+        chunk = order[within * self.batch:(within + 1) * self.batch]
+        return chunk[:len(chunk) - len(chunk) % self.world][self.rank::self.world]  # equal shares
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for step in range(self.start_step(), self.total_steps):

@@ -75,7 +75,7 @@ def test_a_run_writes_an_artifact_that_names_its_base_and_data(inputs, tmp_path,
 
 @pytest.mark.slow
 def test_a_crashed_run_resumes_to_the_same_weights(inputs, tmp_path, monkeypatch):
-    cfg = config(tmp_path, checkpoint_every=2)
+    cfg = config(tmp_path, checkpoint_every=3)  # 2 steps an epoch: the resume starts mid-epoch
     run(inputs, cfg, "rev_mdm", tmp_path / "straight")
     original = finetune_runs.FinetuneSystem.training_step
 
@@ -94,6 +94,19 @@ def test_a_crashed_run_resumes_to_the_same_weights(inputs, tmp_path, monkeypatch
     assert resumed["resumed"] is True
     straight, again = load_file(tmp_path / "straight" / WEIGHTS), load_file(tmp_path / "resumed" / WEIGHTS)
     assert all(torch.equal(straight[k], again[k]) for k in straight)
+
+
+def test_whole_sequence_and_prompt_dropout_change_what_is_trained(inputs, tmp_path):
+    cfg = config(tmp_path)
+    groups = {"whole": GROUPS["rev_mdm"],
+              "prompted": FinetuneGroup("mdm", "mdm_base", "reversal", epochs=3, batch=8, context=160),
+              "dropped": FinetuneGroup("mdm", "mdm_base", "reversal", epochs=3, batch=8, context=160, prompt_dropout=0.5)}
+    weights = {}
+    for name, group in groups.items():
+        run(inputs, FinetuneConfig(cfg.train, cfg.optim, cfg.conditional, {name: group}), name, tmp_path / name)
+        weights[name] = load_file(tmp_path / name / WEIGHTS)["embed.weight"]
+    assert not torch.equal(weights["whole"], weights["prompted"])
+    assert not torch.equal(weights["prompted"], weights["dropped"])
 
 
 def test_bad_inputs_are_one_line_naming_what_is_wrong(inputs, tmp_path):

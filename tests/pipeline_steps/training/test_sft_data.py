@@ -31,6 +31,28 @@ def test_each_epoch_visits_every_row_once_and_a_resume_sees_the_same_batches():
         assert sorted(sum((r.indices(step).tolist() for r in ranks), [])) == sorted(full.indices(step).tolist())
 
 
+def test_a_last_batch_smaller_than_the_ranks_is_dropped_and_shares_are_equal():
+    rows = [([], [i]) for i in range(17)]
+    assert sft_data.steps_per_epoch(17, 8, world=1) == 3 and sft_data.steps_per_epoch(17, 8, world=2) == 2
+    ranks = [EpochBatches(rows, 8, 4, seed=0, bos=1, eos=2, rank=r, world=2) for r in (0, 1)]
+    for step in range(4):
+        shares = [r.indices(step) for r in ranks]
+        assert len(shares[0]) == len(shares[1]) == 4 and not set(shares[0]) & set(shares[1])
+    odd = [EpochBatches(rows[:7], 4, 2, seed=0, bos=1, eos=2, rank=r, world=2) for r in (0, 1)]
+    assert [len(r.indices(1)) for r in odd] == [1, 1]  # 3 rows left: one each, the third dropped
+
+
+def test_reversal_rows_keep_the_prompt_for_prompted_groups(tmp_path, tiny_data):
+    from pipeline_steps.data.task_sources import reversal
+
+    for name, rows in reversal.generate(2, 2, 2, seed=0).items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_data["tokenizer"] / "tokenizer.model"))
+    rows = sft_data.reversal_rows(tmp_path, sp)
+    first = reversal.load_folder(tmp_path)["all_prompts_train"][0]
+    assert rows[0] == sft_data.encode_pair(sp, first["prompt"], first["completion"]) and rows[0][0]
+
+
 def test_conditional_rows_are_windows_of_train_documents(tiny_data):
     sp = spm.SentencePieceProcessor(model_file=str(tiny_data["tokenizer"] / "tokenizer.model"))
     rows = sft_data.conditional_rows(tiny_data["corpus"], sp, pairs=30, prompt_tokens=6, response_tokens=10, seed=0)
