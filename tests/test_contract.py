@@ -17,6 +17,7 @@ from pipeline_steps.reversal import ReversalConfig
 from pipeline_steps.scaling import ScalingConfig
 from pipeline_steps.shards import ShardsConfig
 from pipeline_steps.tasks import TasksConfig
+from pipeline_steps.temporal import TemporalConfig
 from pipeline_steps.tokenizer import TokenizerConfig
 from pipeline_steps.training.config import PretrainConfig
 from pipeline_steps.training.finetune_config import FinetuneConfig
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "shards": ShardsConfig, "tasks": TasksConfig,
             "evaluate": EvaluateConfig, "generate": GenerateConfig,
             "pretrain": PretrainConfig, "scaling": ScalingConfig, "finetune": FinetuneConfig,
-            "reversal": ReversalConfig}
+            "reversal": ReversalConfig, "temporal": TemporalConfig}
 PROFILES = sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml"))
 CLIS = [f"pipeline_steps.{stage}" for stage in SECTIONS] + [
     "pipeline_steps.scoring.evaluator", "pipeline_steps.core.profile"]

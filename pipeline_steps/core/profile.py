@@ -19,7 +19,8 @@ from pipeline_steps.core.params import ParamsError, load_params
 from pipeline_steps.core.stage_cli import guarded
 
 PROFILES = Path("profiles")
-REPLACED_WHOLE = {"pretrain.groups", "evaluate.task_max_items", "generate.pairs", "finetune.groups"}
+REPLACED_WHOLE = {"pretrain.groups", "evaluate.task_max_items", "generate.pairs", "finetune.groups",
+                  "temporal.later"}
 
 
 def merge(base: dict[str, Any], override: dict[str, Any], where: str = "") -> dict[str, Any]:
