@@ -130,11 +130,13 @@ def seen_eras(cfg: TemporalConfig, corpus_dir: Path) -> dict[str, str]:
     """Later texts whose registry source the pretraining corpus holds (data/corpus/meta.json): their
     era is not later for these models (the cpu-study corpus keeps the WEB), so they are not read."""
     try:
-        sources = json.loads((corpus_dir / "meta.json").read_text())["config"]["sources"]
+        corpus = json.loads((corpus_dir / "meta.json").read_text())["config"]
+        sources, years = corpus["sources"], (corpus.get("min_year"), corpus.get("max_year"))
     except (FileNotFoundError, KeyError, ValueError):
         return {}
-    return {name: f"{t.source} is in the pretraining corpus (corpus.sources)"
-            for name, t in cfg.later.items() if t.kind == "registry" and t.source in sources}
+    return {name: f"{t.source} is in the pretraining corpus (corpus.sources, years {years})"
+            for name, t in cfg.later.items()
+            if t.kind == "registry" and t.source in sources and SOURCES[t.source].overlaps(*years)}
 
 
 def later_documents(name: str, text: LaterText, corpus_dir: Path, download_dir: str) -> list[dict]:
@@ -155,17 +157,19 @@ def later_documents(name: str, text: LaterText, corpus_dir: Path, download_dir: 
     return rows
 
 
-def windows(lm: LoadedModel, rows: list[dict], cfg: TemporalConfig) -> list[tuple[list[int], list[int]]]:
-    """Per document (the first `documents`), BOS and its first `tokens` tokens, as requests."""
+def windows(lm: LoadedModel, rows: list[dict], cfg: TemporalConfig) -> tuple[list, list[str]]:
+    """Per document (the first `documents`), BOS and its first `tokens` tokens as a request, and
+    the document's chapter key (its id after the source: what pairs a WEB chapter with a KJV one)."""
     sp, bos = lm.tokenizer, lm.tokenizer.bos_id()
-    out = []
+    out, keys = [], []
     for row in rows:
         tokens = sp.encode(row["text"])[:cfg.tokens]
         if len(tokens) >= 2:
             out.append(([bos], tokens))
+            keys.append(row["id"].split("/", 1)[-1])
         if len(out) == cfg.documents:
             break
-    return out
+    return out, keys
 
 
 def score_text(lm: LoadedModel, requests: list, cfg: TemporalConfig) -> dict:
@@ -177,7 +181,7 @@ def score_text(lm: LoadedModel, requests: list, cfg: TemporalConfig) -> dict:
     elbo = mdm_elbo_log_likelihood(lm.model, requests, cfg.mc, max_batch=cfg.max_batch)
     chain = mdm_chain_rule_log_likelihood(lm.model, requests, max_batch=cfg.max_batch)
     return {"elbo": ts.per_token([-e.logprob for e in elbo], lengths, [e.stderr for e in elbo]),
-            "chain": ts.per_token([-e.logprob for e in chain], lengths)}
+            "chain": ts.per_token([-e.logprob for e in chain], lengths)}  # each keeps its per-document NLLs
 
 
 def run(cfg: TemporalConfig, corpus_dir: str | Path, pretrain_dir: str | Path, runs_dir: str | Path,
@@ -208,12 +212,14 @@ def run(cfg: TemporalConfig, corpus_dir: str | Path, pretrain_dir: str | Path, r
     for text, rows in texts.items():
         scores[text] = {}
         for family, lm in models.items():
-            requests = windows(lm, rows, cfg)
+            requests, keys = windows(lm, rows, cfg)
             scores[text][family] = {"documents": len(requests), "tokens": sum(len(c) for _, c in requests),
+                                    "keys": keys, "lengths": [len(c) for _, c in requests],
                                     **score_text(lm, requests, cfg)}
     results = {"config": dataclasses.asdict(cfg), "models": names,
                "val_loss": {f: lm.config.get("run", {}).get("val/loss") for f, lm in models.items()},
-               "scores": scores, "reading": ts.reading(scores, list(cfg.later), seen),
+               "scores": scores, "reading": ts.reading(scores, list(cfg.later), seen,
+                                                       {n for n, t in cfg.later.items() if t.pair_with}),
                "seconds": time.perf_counter() - started}
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "results.json", results)

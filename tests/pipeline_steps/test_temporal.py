@@ -68,6 +68,22 @@ def test_per_token_scores_and_the_reading_rule():
         "not read: web is in the corpus")
 
 
+def test_a_paired_reading_uses_the_shared_chapters_and_their_differences():
+    def text(keys, nlls, lengths):
+        per = {"keys": keys, "lengths": lengths}
+        s = ts.per_token(nlls, lengths)
+        return {"arm": {**per, "exact": s}, "mdm": {**per, "elbo": s, "chain": s}}
+
+    # chapters differ a lot in difficulty, which the pairing cancels: later = same + 0.5 nats a token
+    same = text(["a", "b", "c", "x"], [10.0, 50.0, 30.0, 99.0], [10, 10, 10, 10])
+    later = text(["c", "a", "b"], [35.0, 15.0, 55.0], [10, 10, 10])
+    scores = {"same": same, "later": later}
+    paired = ts.reading(scores, ["later"], paired={"later"})["later"]
+    assert paired["pairs"] == 3 and paired["arm"] == pytest.approx(0.5) and paired["arm_stderr"] == pytest.approx(0)
+    unpaired = ts.reading(scores, ["later"])["later"]
+    assert unpaired["arm"] == pytest.approx(3.5 - 189 / 40) and unpaired["arm_stderr"] > 1  # x is in same only
+
+
 def test_the_stage_picks_the_closest_pair_and_writes_table6(inputs, tmp_path):
     metrics = run(inputs, small(inputs), tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
