@@ -78,6 +78,11 @@ class GenerateConfig:
     """Prompts timed one at a time (batch 1)."""
     timing_repeats: int = 3
     """Timed repeats of each call; the fastest counts (a neighbour's burst only ever slows a repeat)."""
+    sft_mdm: str | None = "sft_mdm"
+    """Table 3's fine-tuned MDM without prompt dropout (a finetune group: no CFG and unsupervised
+    CFG); None: those rows are missing."""
+    sft_mdm_cfg: str | None = "sft_mdm_cfg"
+    """Table 3's fine-tuned MDM with prompt dropout on the same data (standard CFG); None: missing."""
     judge: bool = True
     """Score samples with the judge (the `judge` extra); false: quality columns are missing."""
     judge_batch: int = 8
@@ -201,6 +206,29 @@ def run_settings(cfg: GenerateConfig, models: dict[str, LoadedModel], prompts: l
     return results
 
 
+def finetuned_settings(cfg: GenerateConfig, finetune_dir: Path | None, first: LoadedModel,
+                       prompts: list[list[int]]) -> list[dict]:
+    """Table 3's fine-tuned pair at cfg_steps: without prompt dropout at w = 0 and each CFG scale
+    (unsupervised), with it at each scale (standard CFG: its unconditional half is what it was
+    trained on). Empty when either is not named or there is no finetune folder."""
+    if finetune_dir is None or cfg.sft_mdm is None or cfg.sft_mdm_cfg is None:
+        return []
+    rows = []
+    for role, name, scales in (("sft_mdm", cfg.sft_mdm, (0.0, *cfg.cfg_scales)),
+                               ("sft_mdm_cfg", cfg.sft_mdm_cfg, cfg.cfg_scales)):
+        folder = finetune_dir / name
+        if not (folder / "config.json").exists():
+            raise InputError(f"generate.{role}: {folder}: no fine-tuned model artifact; expected a finetune group")
+        lm = load_model(folder, cfg.device)
+        if lm.family != "mdm" or lm.tokenizer.serialized_model_proto() != first.tokenizer.serialized_model_proto():
+            raise InputError(f"generate.{role}: {name} must be an MDM with the pairs' tokenizer")
+        for w in scales:
+            setting = dict(sampler="ancestral", steps=cfg.cfg_steps, block_length=None, cfg_scale=w)
+            rows.append({"model": f"finetune/{name}", "family": "mdm", "path": lm.path, "role": role, **setting,
+                         **sample_setting(lm, prompts, cfg, setting)})
+    return rows
+
+
 def load_pairs(cfg: GenerateConfig, pretrain_dir: Path) -> dict[str, LoadedModel]:
     """Each distinct model the pairs name, loaded once, by its params name."""
     models = {}
@@ -225,7 +253,7 @@ def load_pairs(cfg: GenerateConfig, pretrain_dir: Path) -> dict[str, LoadedModel
 # The stage.
 
 def run(cfg: GenerateConfig, corpus_dir: str | Path, pretrain_dir: str | Path, out_dir: str | Path,
-        tracker: Tracker) -> dict[str, float]:
+        tracker: Tracker, finetune_dir: str | Path | None = None) -> dict[str, float]:
     started = time.perf_counter()
     check_device(cfg.device, "generate.device")
     if cfg.threads:
@@ -235,9 +263,12 @@ def run(cfg: GenerateConfig, corpus_dir: str | Path, pretrain_dir: str | Path, o
     first = next(iter(models.values()))
     prompts = load_prompts(cfg, Path(corpus_dir), first)
     settings = run_settings(cfg, models, [p["prompt"] for p in prompts])
-    texts = frontier.decode_samples(settings, prompts, first.tokenizer)
+    finetuned = finetuned_settings(cfg, None if finetune_dir is None else Path(finetune_dir), first,
+                                   [p["prompt"] for p in prompts])
+    texts = frontier.decode_samples(settings + finetuned, prompts, first.tokenizer)
     judged = frontier.judge_samples(texts, cfg.judge, cfg.judge_batch)
-    results = {"config": dataclasses.asdict(cfg), "prompts": prompts, "settings": settings, "judged": judged,
+    results = {"config": dataclasses.asdict(cfg), "prompts": prompts, "settings": settings, "finetuned": finetuned,
+               "judged": judged,
                "pairs": frontier.pair_readings(cfg, settings, judged), "seconds": time.perf_counter() - started}
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "results.json", results)
@@ -252,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     def run_cli(cfg: GenerateConfig, args, tracker: Tracker) -> dict[str, float]:
-        return run(cfg, args.corpus, args.models, args.out, tracker)
+        return run(cfg, args.corpus, args.models, args.out, tracker, args.finetuned)
 
     def summary(m: dict[str, float]) -> str:
         pairs = sorted({k.split("/")[1] for k in m if k.startswith("pair/")})
@@ -262,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_stage("generate", __doc__, GenerateConfig, {
         "--corpus": ("data/corpus", "corpus folder (val.jsonl: the prompts' documents)"),
         "--models": ("models/pretrain", "pretrain artifacts, <group>/<size>"),
+        "--finetuned": ("models/finetune", "fine-tuned artifacts (Table 3's sft_mdm, sft_mdm_cfg)"),
         "--out": ("reports/generate", "report folder")}, run_cli, argv, summary)
 
 

@@ -129,6 +129,7 @@ def test_dvc_yaml_params_exist_in_every_profile():
         for name, group in params["finetune"]["groups"].items():
             assert group["base"].split("/")[0] in params["pretrain"]["groups"], f"{profile}: finetune.groups.{name}.base"
         assert {params["reversal"]["mdm"], params["reversal"]["arm"]} <= set(params["finetune"]["groups"]), profile
+        assert {params["generate"]["sft_mdm"], params["generate"]["sft_mdm_cfg"]} <= set(params["finetune"]["groups"])
 
 
 @pytest.mark.parametrize("module", CLIS)

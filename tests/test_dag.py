@@ -78,7 +78,8 @@ def test_every_stage_ran_and_left_its_outputs(debug_dag):
     assert (project / "reports" / "scaling" / "isoflop_curves.png").stat().st_size > 1000
     generated = json.loads((project / "reports" / "generate" / "results.json").read_text())
     judged = generated["judged"]  # the real judge ran on every distinct sample set and the reference
-    assert set(judged) == {s["key"] for s in generated["settings"]} | {"reference"}
+    assert set(judged) == {s["key"] for s in generated["settings"] + generated["finetuned"]} | {"reference"}
+    assert {s["role"] for s in generated["finetuned"]} == {"sft_mdm", "sft_mdm_cfg"}  # Table 3's fine-tuned pair
     assert all(q["gen_ppl"] > 1 and q["tokens"] > 0 and 0 < q["entropy"] for q in judged.values())
     assert set(generated["pairs"]) == set(params["generate"]["pairs"])
     for group, spec in finetuned.items():  # each fine-tuned artifact names the pretrain artifact it came from

@@ -154,11 +154,19 @@ def table3(results: dict) -> str:
         none = _row(results, model, cfg["cfg_steps"], 0.0)
         lines.append(f"| {model} | none | 0 | " + (_q(judged, none["key"]) if none else
                      f"missing: {cfg['cfg_steps']} is not in ancestral_steps | missing") + " |")
-        lines.append(f"| {model} | standard (prompt dropout in fine-tuning) | - | missing: needs an MDM fine-tuned "
-                     "with prompt dropout (the fine-tuning stage) | missing |")
+        lines.append(f"| {model} | standard | - | not applicable: a pretrained MDM had no prompt dropout (the "
+                     "fine-tuned rows below) | - |")
         for w in cfg["cfg_scales"]:
             row = _row(results, model, cfg["cfg_steps"], w)
             lines.append(f"| {model} | unsupervised | {w:g} | {_q(judged, row['key'])} |")
+    finetuned = results.get("finetuned", [])
+    if not finetuned:
+        lines.append("| fine-tuned (`generate.sft_mdm`, `sft_mdm_cfg`) | none / standard / unsupervised | - | missing: "
+                     "no fine-tuned pair named or no finetune folder given | missing |")
+    for row in sorted(finetuned, key=lambda r: (r["cfg_scale"] > 0, r["cfg_scale"], r["role"])):
+        guidance = ("none" if row["cfg_scale"] == 0 else
+                    "standard (prompt dropout in fine-tuning)" if row["role"] == "sft_mdm_cfg" else "unsupervised")
+        lines.append(f"| {row['model']} | {guidance} | {row['cfg_scale']:g} | {_q(judged, row['key'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,6 @@
 """The generate stage on tiny real artifacts (judge off: the judge has its own tests, and the shared
 debug DAG runs the stage with it), its frontier reading, and its one-line input errors."""
+import dataclasses
 import json
 import math
 
@@ -11,6 +12,7 @@ from model.artifact import save_artifact
 from model.config import config_for
 from model.transformer import Transformer
 from pipeline_steps import generate, tokenizer
+from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.tracking import NullTracker
 from pipeline_steps.generate import GenerateConfig, Pair
 from pipeline_steps.scoring import frontier
@@ -132,3 +134,24 @@ def test_a_bad_input_is_one_line_through_the_command_line(tiny_data, pretrain_di
                str(tiny_data["corpus"]), "--models", str(pretrain_dir), "--out", str(tmp_path / "out"),
                "--metrics", str(tmp_path / "m.json")], tmp_path)
     one_line_error(out, "prompt_tokens + length = 44", "context 32")
+
+
+def test_table3_reads_the_fine_tuned_pair_without_and_with_prompt_dropout(tiny_data, pretrain_dir, tmp_path):
+    finetuned = tmp_path / "finetune"
+    for k, name in enumerate(("sft_mdm", "sft_mdm_cfg")):
+        torch.manual_seed(10 + k)
+        save_artifact(Transformer(config_for("16k", "mdm", 320, context=32)), finetuned / name,
+                      tiny_data["tokenizer"] / "tokenizer.model")
+    cfg = small(ancestral_steps=(8,), confidence_steps=(), first_hitting=False, block_length=None)
+    generate.run(cfg, tiny_data["corpus"], pretrain_dir, tmp_path / "out", NullTracker(), finetuned)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = {(r["role"], r["cfg_scale"]) for r in results["finetuned"]}
+    assert rows == {("sft_mdm", 0.0), ("sft_mdm", 1.0), ("sft_mdm_cfg", 1.0)}  # none, unsupervised, standard
+    assert all(len(r["tokens"]) == 4 for r in results["finetuned"])
+    table3 = (tmp_path / "out" / "table3.md").read_text()
+    assert "| finetune/sft_mdm_cfg | standard (prompt dropout in fine-tuning) | 1 |" in table3
+    assert "| finetune/sft_mdm | unsupervised | 1 |" in table3 and "| finetune/sft_mdm | none | 0 |" in table3
+    assert all(s["model"] in ("mdm_base", "arm_c1/16k", "arm_base") for s in results["settings"])  # Table 4 unchanged
+    with pytest.raises(InputError, match=r"generate.sft_mdm_cfg: .*sft_gone: no fine-tuned model artifact"):
+        generate.run(dataclasses.replace(cfg, sft_mdm_cfg="sft_gone"), tiny_data["corpus"], pretrain_dir,
+                     tmp_path / "bad", NullTracker(), finetuned)
