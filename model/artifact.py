@@ -106,6 +106,18 @@ def check_tokenizer(folder: str | Path, config: dict[str, Any]) -> None:
                             "trained with")
 
 
+def find_artifact(group_dir: Path) -> Path:
+    """The one size folder of a base group (models/pretrain/<group>/<size>), or that size folder
+    itself when named as `<group>/<size>`."""
+    if (group_dir / "config.json").exists():
+        return group_dir
+    sizes = sorted(p.parent for p in group_dir.glob("*/config.json"))
+    if len(sizes) != 1:
+        raise FileNotFoundError(f"{group_dir}: expected one model artifact folder, found "
+                                f"{[p.name for p in sizes]}")
+    return sizes[0]
+
+
 def load_artifact(folder: str | Path, device: str | torch.device = "cpu",
                   context: int | None = None) -> tuple[Transformer, dict[str, Any]]:
     """The model (eval mode) and the artifact's config.json contents.

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from model.artifact import find_artifact
 from model.likelihood import LIKELIHOOD_METHODS, MonteCarloConfig, check_early_stopping
 from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import atomic_write_json
@@ -42,7 +43,6 @@ from pipeline_steps.scoring.evaluator import (
     LoadedModel,
     check_device,
     evaluate_items,
-    find_artifact,
     load_model,
 )
 

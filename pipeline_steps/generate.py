@@ -26,13 +26,14 @@ from pathlib import Path
 
 import torch
 
+from model.artifact import find_artifact
 from model.sampling import generate_arm, generate_mdm, mdm_schedule
 from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import atomic_write_json
 from pipeline_steps.core.stage_cli import run_stage
 from pipeline_steps.core.tracking import Tracker
 from pipeline_steps.scoring import frontier
-from pipeline_steps.scoring.evaluator import LoadedModel, check_device, find_artifact, load_model
+from pipeline_steps.scoring.evaluator import LoadedModel, check_device, load_model
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from model.artifact import find_artifact
 from model.likelihood import MonteCarloConfig, arm_log_likelihood, mdm_chain_rule_log_likelihood, mdm_elbo_log_likelihood
 from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import atomic_write_json, atomic_write_text
@@ -34,7 +35,7 @@ from pipeline_steps.core.tracking import Tracker
 from pipeline_steps.data.corpus_rows import read_rows
 from pipeline_steps.data.sources import SOURCES, hub, registry_documents
 from pipeline_steps.scoring import temporal_scoring as ts
-from pipeline_steps.scoring.evaluator import LoadedModel, check_device, find_artifact, load_model
+from pipeline_steps.scoring.evaluator import LoadedModel, check_device, load_model
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ from model.likelihood import (
 from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import atomic_write_json, finite_json
 from pipeline_steps.core.stage_cli import OneLineParser, guarded
-from pipeline_steps.data.task_sources.items import item_format, read_items
+from pipeline_steps.data.task_sources.items import encode_pair, item_format, read_items
 
 METHODS = (*LIKELIHOOD_METHODS, "greedy")
 
@@ -130,18 +130,6 @@ def check_device(device: str, where: str = "device") -> None:
                          f"{torch.cuda.device_count()} CUDA device(s)")
 
 
-def find_artifact(group_dir: Path) -> Path:
-    """The one size folder of a base group (models/pretrain/<group>/<size>), or that size folder
-    itself when named as `<group>/<size>`."""
-    if (group_dir / "config.json").exists():
-        return group_dir
-    sizes = sorted(p.parent for p in group_dir.glob("*/config.json"))
-    if len(sizes) != 1:
-        raise FileNotFoundError(f"{group_dir}: expected one model artifact folder, found "
-                                f"{[p.name for p in sizes]}")
-    return sizes[0]
-
-
 def load_model(folder: str | Path, device: str = "cpu") -> LoadedModel:
     check_device(device)
     try:
@@ -160,12 +148,7 @@ def load_model(folder: str | Path, device: str = "cpu") -> LoadedModel:
 
 def split_request(sp: spm.SentencePieceProcessor, query: str, continuation: str) -> Request:
     """(BOS + encode(query), continuation tokens) by the prefix rule of the module docstring."""
-    context = sp.encode(query)
-    whole = sp.encode(query + continuation)
-    if len(whole) > len(context) and whole[:len(context)] == context:
-        cont = whole[len(context):]
-    else:
-        cont = sp.encode(continuation)
+    context, cont = encode_pair(sp, query, continuation)
     bos = [sp.bos_id()] if sp.bos_id() >= 0 else []
     return bos + context, cont
 

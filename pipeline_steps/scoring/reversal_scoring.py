@@ -10,10 +10,11 @@ people's completions from the same file: 1 is best, 1 / candidates is chance for
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import sacrebleu
+
+from pipeline_steps.scoring.evaluator import binomial_stderr
 
 # file -> (subset, direction, templates): NtD = Berglund's NameToDescription (p2d) people, DtN = d2p.
 FILES = {
@@ -52,10 +53,6 @@ def word_bleu(generated: Sequence[str], completions: Sequence[str]) -> float:
     """sacrebleu's corpus BLEU (0-100) of the generations against the completions, on words."""
     refs = [c.strip() for c in completions]
     return sacrebleu.corpus_bleu([g.strip() for g in generated], [refs]).score
-
-
-def binomial_stderr(p: float, n: int) -> float:
-    return math.sqrt(p * (1 - p) / n) if n else float("nan")
 
 
 def score_generations(generated: Sequence[str], completions: Sequence[str]) -> dict:
@@ -102,7 +99,7 @@ def table5(results: dict, mdm_cfg: float) -> str:
     for family in ("arm", "mdm"):
         cells = []
         for subset, direction in TABLE5_COLUMNS:
-            e = _find_rank(results, family, subset, direction, "held-out")
+            e = _find(results, family, subset, direction, "held-out", None, "ranks")
             cells.append("missing" if e is None else f"{100 * e['top1']:.0f} ± {100 * e['top1_stderr']:.0f} "
                                                      f"({100 * e['chance_top1']:.0f})")
         lines.append(f"| {family.upper()} (ours) | " + " | ".join(cells) + " |")
@@ -138,18 +135,12 @@ def table14(results: dict) -> str:
     return "\n".join(lines + ["", _models_line(results)]) + "\n"
 
 
-def _find(results: dict, family: str, subset: str, direction: str, templates: str, w: float) -> dict | None:
-    for entry in results["generations"]:
-        if (entry["family"], entry["subset"], entry["direction"], entry["templates"]) == (
-                family, subset, direction, templates) and entry["cfg_scale"] == w:
-            return entry
-    return None
-
-
-def _find_rank(results: dict, family: str, subset: str, direction: str, templates: str) -> dict | None:
-    for entry in results["ranks"]:
-        if (entry["family"], entry["subset"], entry["direction"], entry["templates"]) == (
-                family, subset, direction, templates):
+def _find(results: dict, family: str, subset: str, direction: str, templates: str, w: float | None,
+          kind: str = "generations") -> dict | None:
+    """The `kind` entry (generations, or ranks with w None) of one cell."""
+    for entry in results[kind]:
+        if (entry["family"], entry["subset"], entry["direction"], entry["templates"], entry.get("cfg_scale")) == (
+                family, subset, direction, templates, w):
             return entry
     return None
 

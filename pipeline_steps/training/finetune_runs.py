@@ -19,7 +19,7 @@ import lightning as L
 import sentencepiece as spm
 import torch
 
-from model.artifact import TOKENIZER, WEIGHTS, ArtifactError, load_artifact, save_artifact, sha256_file
+from model.artifact import TOKENIZER, WEIGHTS, ArtifactError, find_artifact, load_artifact, save_artifact, sha256_file
 from model.sft import arm_sft_loss, mdm_sft_loss
 from model.transformer import Transformer
 from pipeline_steps.core.errors import InputError
@@ -75,11 +75,11 @@ class FinetuneSystem(L.LightningModule):
 def base_folder(pretrain_dir: Path, base: str, where: str) -> Path:
     """The artifact folder `base` names under pretrain_dir: `<group>` of one size or `<group>/<size>`."""
     folder = pretrain_dir / base
-    if (folder / "config.json").exists():
-        return folder
+    try:
+        return find_artifact(folder)
+    except FileNotFoundError:
+        pass
     sizes = sorted(p.parent for p in folder.glob("*/config.json"))
-    if len(sizes) == 1:
-        return sizes[0]
     groups = sorted(p.name for p in pretrain_dir.iterdir() if p.is_dir()) if pretrain_dir.is_dir() else []
     found = f"its sizes are {[p.name for p in sizes]}: name one as <group>/<size>" if sizes else (
         f"no such pretrain artifact; groups there: {groups}")

@@ -21,20 +21,11 @@ import torch
 
 from pipeline_steps.core.errors import InputError
 from pipeline_steps.data.corpus_rows import read_texts
+from pipeline_steps.data.task_sources.items import encode_pair
 from pipeline_steps.data.task_sources.reversal import load_folder
 
 Row = tuple[list[int], list[int]]
 SOURCES = ("reversal", "conditional")
-
-
-def encode_pair(sp: spm.SentencePieceProcessor, prompt: str, response: str) -> Row:
-    """Prompt and response tokens as one text would encode them (the response's leading space is
-    its first token's, as in the evaluator's requests)."""
-    context = sp.encode(prompt)
-    whole = sp.encode(prompt + response)
-    if whole[:len(context)] == context and len(whole) > len(context):
-        return context, whole[len(context):]
-    return context, sp.encode(response)
 
 
 def reversal_rows(folder: Path, sp: spm.SentencePieceProcessor) -> list[Row]:

@@ -23,6 +23,8 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import sentencepiece as spm
+
 from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import json_lines, unit_hash
 
@@ -88,6 +90,16 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
     return count
+
+
+def encode_pair(sp: spm.SentencePieceProcessor, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """Prompt and response tokens as one text would encode them (the response's leading space is
+    its first token's, as in the evaluator's requests)."""
+    context = sp.encode(prompt)
+    whole = sp.encode(prompt + response)
+    if whole[:len(context)] == context and len(whole) > len(context):
+        return context, whole[len(context):]
+    return context, sp.encode(response)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
