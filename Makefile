@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt requirements-judge.txt
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[dev,eval,browser,judge]'
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[dev,eval,browser,judge,math]'
 	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-judge.txt
 	touch $@
 
