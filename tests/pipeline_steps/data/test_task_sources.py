@@ -13,7 +13,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipeline_steps import tasks  # noqa: E402
 from pipeline_steps.core.tracking import NullTracker  # noqa: E402
-from pipeline_steps.data.task_sources import in_domain, items, math_problems, race, reversal  # noqa: E402
+from pipeline_steps.core.errors import InputError  # noqa: E402
+from pipeline_steps.data.task_sources import (  # noqa: E402
+    gsm8k_aug,
+    in_domain,
+    items,
+    math_format,
+    math_problems,
+    race,
+    reversal,
+)
 
 # ---------------------------------------------------------------- in-domain
 
@@ -185,7 +194,6 @@ LINE = re.compile(r"^(?P<q>[^|]+\?)\|\|(?P<eqs>(<<[-0-9+*/]+=\d+>> ?)+) #### (?P
 def test_math_lines_are_question_equations_answer():
     train, test = math_problems.generate(200, 50, max_steps=4, seed=0)
     assert len(train) == 200 and len(test) == 50
-    assert not {p.question for p in train} & {p.question for p in test}
     for problem in train + test:
         match = LINE.match(problem.line())
         assert match, problem.line()
@@ -194,14 +202,106 @@ def test_math_lines_are_question_equations_answer():
             assert eval(expression) == int(result)  # noqa: S307 - digits and + - * / only
             results.append(int(result))
         assert results[-1] == problem.answer == int(match["a"])
+        ops, ending = problem.template[:-1], problem.template[-1]
+        assert len(problem.equations) == len(ops) + ops.count("packs") + (ending == "boxes")
+        assert problem.numbers[0] == problem.start
+        assert math_problems.parse_line(problem.line(), "x") == (problem.question, match["eqs"].strip(), match["a"])
     as_items = math_problems.as_items(test[:2], "test")
     assert as_items[0] == {"id": "test/0", "question": test[0].question,
                            "answer": str(test[0].answer)}
 
 
+@pytest.mark.parametrize("steps", [(1, 1), (2, 3)])
+def test_math_train_and_test_are_disjoint_by_template_and_by_numbers(steps):
+    train, test = math_problems.generate(300, 60, max_steps=steps[1], seed=3, min_steps=steps[0], max_start=40)
+    assert {len(p.template) - 1 for p in train + test} <= set(range(steps[0], steps[1] + 1))
+    assert not {p.template for p in train} & {p.template for p in test}
+    assert not {p.start for p in train} & {p.start for p in test}
+    assert all(3 <= p.start <= 40 for p in train + test)
+    # no test problem is a train problem in other words: its numbers, in order, never occur in train
+    assert not {p.numbers for p in train} & {p.numbers for p in test}
+    # every part of a test template (an operation, an ending) is also used by some train template
+    assert {part for p in test for part in p.template} <= {part for p in train for part in p.template}
+    again = math_problems.generate(300, 60, max_steps=steps[1], seed=3, min_steps=steps[0], max_start=40)
+    assert again == (train, test) and math_problems.generate(300, 60, steps[1], 4, steps[0], 40) != (train, test)
+
+
+def test_math_difficulty_and_impossible_requests_are_errors():
+    easy, _ = math_problems.generate(50, 10, max_steps=1, seed=0)
+    hard, _ = math_problems.generate(50, 10, max_steps=4, seed=0, min_steps=4)
+    assert max(len(p.equations) for p in easy) <= 3 < min(len(p.equations) for p in hard)
+    with pytest.raises(ValueError, match="min_steps <= max_steps"):
+        math_problems.generate(10, 10, max_steps=1, seed=0, min_steps=2)
+
+
+@pytest.mark.parametrize("line", ["What is 2+2?<<2+2=4>> #### 4", "What is 2+2?||<<2+2=4>> 4",
+                                  "||<<2+2=4>> #### 4", "What is 2+2?||<<2+2=4>> #### "])
+def test_a_malformed_math_line_is_one_error_naming_file_and_line(line):
+    with pytest.raises(InputError, match=r"^train.txt:7: expected `question\|\|equations #### answer`"):
+        math_problems.parse_line(line, "train.txt:7")
+
+
+GSM8K_AUG = [{"question": "Tom has 3 apples and buys 2 more. How many?", "cot": "<<3+2=5>>", "answer": "5"},
+             {"question": "Ann has 4 boxes of 3 pens. How many pens?", "cot": ["<<4*3=12>>"], "answer": "12"},
+             {"question": "A third one?", "cot": ["<<1+1=2>>", "<<2*3=6>>"], "answer": 6}]
+
+
+def write_rows(path, rows):
+    """A .jsonl as given, or a .parquet (one type per column: cot a list, answer a string)."""
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{**r, "cot": [r["cot"]] if isinstance(r["cot"], str) else r["cot"],
+                                          "answer": str(r["answer"])} for r in rows]), path)
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet", "txt"])
+def test_gsm8k_aug_loads_local_files_as_math_lines(tmp_path, suffix):
+    path = tmp_path / f"aug.{suffix}"
+    lines = [gsm8k_aug.line_of_row(row, "x") for row in GSM8K_AUG]
+    if suffix == "txt":
+        path.write_text("".join(line + "\n\n" for line in lines))  # blank lines are skipped
+    else:
+        write_rows(path, GSM8K_AUG)
+    assert gsm8k_aug.load(str(path), 2) == lines[:2] and gsm8k_aug.load(str(path), 10) == lines
+    assert lines[2] == "A third one?||<<1+1=2>> <<2*3=6>> #### 6"
+
+
+def test_a_malformed_gsm8k_aug_row_is_one_line(tmp_path):
+    path = tmp_path / "aug.jsonl"
+    write_rows(path, [GSM8K_AUG[0], {"question": "Q?", "answer": "3"}])
+    with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: row 2: expected GSM8K-Aug fields"):
+        gsm8k_aug.load(str(path), 5)
+    write_rows(path, [{"question": "Q?", "cot": ["<<1+1=2>>", 3], "answer": "2"}])
+    with pytest.raises(InputError, match=r"row 1: expected GSM8K-Aug fields .* cot a string or a list"):
+        gsm8k_aug.load(str(path), 5)
+    txt = tmp_path / "aug.txt"
+    txt.write_text("Q?||<<1+1=2>> #### 2\nQ?||<<1+1=2>> 2\n")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(txt))}:2: expected"):
+        gsm8k_aug.load(str(txt), 5)
+    txt.write_text("")
+    with pytest.raises(InputError, match="has no problems"):
+        gsm8k_aug.load(str(txt), 5)
+
+
+def test_two_stage_rows_share_their_tokens(tiny_data):
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_data["tokenizer"] / "tokenizer.model"))
+    line = "Mia has 12 shells. She finds 7 more. How many shells does Mia have now?||<<12+7=19>> #### 19"
+    (p1, r1), (p2, r2) = math_format.two_stage_rows(sp, line, "x")
+    assert p2 == p1 + r1  # stage 2's prompt is stage 1's tokens, not decoded text encoded again
+    assert sp.decode(p1) == "Question: Mia has 12 shells. She finds 7 more. How many shells does Mia have now?"
+    assert sp.decode(r1) == "Answer: <<12+7=19>>" and sp.decode(r2) == "#### 19"
+    assert p1 == math_format.question_tokens(sp, line.split("||")[0])
+
+
 def test_math_task_files(tmp_path):
     cfg = tasks.TasksConfig(tasks=("math",), math_train=40, math_test=20, heldout_size=5,
-                            heldout_fraction=0.5)
+                            heldout_fraction=0.5, math_max_steps=2)
     metrics = tasks.run(cfg, tmp_path, tmp_path / "out", NullTracker())
     folder = tmp_path / "out" / "math"
     assert metrics == {"math/test/n": 15.0, "math/heldout/n": 5.0, "math/train/n": 40.0}
@@ -211,6 +311,14 @@ def test_math_task_files(tmp_path):
     test = items.read_jsonl(folder / "test.jsonl")
     lines = (folder / "test.txt").read_text().splitlines()
     assert [i["question"] for i in test] == [line.split("||")[0] for line in lines]
+    # GSM8K-Aug in place of the generated train problems; test stays generated
+    aug = tmp_path / "aug.txt"
+    aug.write_text("".join(gsm8k_aug.line_of_row(row, "x") + "\n" for row in GSM8K_AUG))
+    cfg = tasks.TasksConfig(tasks=("math",), math_train=2, math_test=20, heldout_size=5,
+                            heldout_fraction=0.5, math_max_steps=2, math_source=str(aug))
+    tasks.run(cfg, tmp_path, tmp_path / "aug_out", NullTracker())
+    assert (tmp_path / "aug_out" / "math" / "train.txt").read_text().splitlines() == aug.read_text().splitlines()[:2]
+    assert (tmp_path / "aug_out" / "math" / "test.txt").read_text() == "".join(line + "\n" for line in lines)
 
 
 # ---------------------------------------------------------------- RACE
