@@ -75,7 +75,8 @@ class FinetuneGroup:
     base: str
     """The pretrain artifact fine-tuned: a base group (`mdm_base`) or `<group>/<size>`."""
     data: str
-    """`reversal` (data/tasks/reversal/all_prompts_train) or `conditional` (train documents)."""
+    """`reversal` (data/tasks/reversal/all_prompts_train), `math` (data/tasks/math/train.txt, both
+    stages) or `conditional` (train documents)."""
     epochs: int
     """Passes over the rows."""
     batch: int = 32

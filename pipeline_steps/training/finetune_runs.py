@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from dataclasses import asdict
@@ -32,11 +33,14 @@ from pipeline_steps.training.sft_data import (
     EpochBatches,
     Row,
     conditional_rows,
+    math_rows,
     reversal_rows,
     rows_hash,
     steps_per_epoch,
 )
 from pipeline_steps.training.system import adamw_with_schedule
+
+log = logging.getLogger(__name__)
 
 
 class FinetuneSystem(L.LightningModule):
@@ -88,14 +92,25 @@ def base_folder(pretrain_dir: Path, base: str, where: str) -> Path:
 
 def load_rows(cfg: FinetuneConfig, group: FinetuneGroup, sp: spm.SentencePieceProcessor, tasks_dir: Path,
               corpus_dir: Path, context: int) -> list[Row]:
-    """The group's training rows, whole sequences when asked; every one must fit the context."""
+    """The group's training rows, whole sequences when asked; every one must fit the context, except
+    math problems: those too long are left out (a hub's GSM8K-Aug has some), and counted."""
     if group.data == "reversal":
         rows = reversal_rows(tasks_dir / "reversal", sp)
+    elif group.data == "math":
+        rows = math_rows(tasks_dir / "math" / "train.txt", sp)
     else:
         c = cfg.conditional
         rows = conditional_rows(corpus_dir, sp, c.pairs, c.prompt_tokens, c.response_tokens, c.seed)
     if group.whole_sequence:
         rows = [([], [*p, *r]) for p, r in rows]
+    if group.data == "math":
+        fit = [(p, r) for p, r in rows if len(p) + len(r) + 2 <= context]
+        if len(fit) < len(rows):
+            log.warning("finetune: %d of %d math rows are longer than the context %d and left out",
+                        len(rows) - len(fit), len(rows), context)
+        if not fit:
+            raise InputError(f"finetune: no math row fits the context {context}; raise the group's context")
+        rows = fit
     longest = max(len(p) + len(r) + 2 for p, r in rows)  # + BOS + EOS
     if longest > context:
         raise InputError(f"finetune: a {group.data} row has {longest} tokens with BOS and EOS, more than the base "

@@ -5,6 +5,8 @@ sequence and right-pads it with EOS (model/sft.py: the padding is response, so t
 to stop). Sources:
 - `reversal`: a reversal folder's all_prompts_train (task_sources/reversal.py); a whole-sequence
   group trains prompt and completion alike, as Berglund et al. and the paper do.
+- `math`: a math folder's train.txt, two rows per problem (task_sources/math_format.py: the
+  question -> the equations, then the question and equations -> the answer).
 - `conditional`: prompt/continuation windows of the corpus's train documents (never val, which the
   frontier's prompts come from), for conditional fine-tuning with and without prompt dropout.
 """
@@ -22,15 +24,25 @@ import torch
 from pipeline_steps.core.errors import InputError
 from pipeline_steps.data.corpus_rows import read_texts
 from pipeline_steps.data.task_sources.items import encode_pair
+from pipeline_steps.data.task_sources.math_format import two_stage_rows
 from pipeline_steps.data.task_sources.reversal import load_folder
 
 Row = tuple[list[int], list[int]]
-SOURCES = ("reversal", "conditional")
+SOURCES = ("reversal", "conditional", "math")
 
 
 def reversal_rows(folder: Path, sp: spm.SentencePieceProcessor) -> list[Row]:
     """all_prompts_train as (prompt, completion) rows (a whole-sequence group joins them)."""
     return [encode_pair(sp, row["prompt"], row["completion"]) for row in load_folder(folder)["all_prompts_train"]]
+
+
+def math_rows(path: Path, sp: spm.SentencePieceProcessor) -> list[Row]:
+    """Both stages' rows of every `question||equations #### answer` line of `path`."""
+    if not path.exists():
+        raise InputError(f"{path}: missing; the tasks stage writes it (task `math`)")
+    with path.open(encoding="utf-8") as f:
+        return [row for k, line in enumerate(f, 1) if line.strip()
+                for row in two_stage_rows(sp, line.rstrip("\n"), f"{path}:{k}")]
 
 
 def conditional_rows(corpus_dir: Path, sp: spm.SentencePieceProcessor, pairs: int, prompt_tokens: int,
