@@ -32,7 +32,7 @@ from pipeline_steps.core.errors import InputError
 from pipeline_steps.core.files import atomic_write_json
 from pipeline_steps.core.stage_cli import run_stage
 from pipeline_steps.core.tracking import Tracker
-from pipeline_steps.scoring import frontier
+from pipeline_steps.scoring import frontier, math_scoring
 from pipeline_steps.scoring.evaluator import LoadedModel, check_device, load_model
 
 log = logging.getLogger(__name__)
@@ -253,8 +253,16 @@ def load_pairs(cfg: GenerateConfig, pretrain_dir: Path) -> dict[str, LoadedModel
 # ---------------------------------------------------------------------------------------------
 # The stage.
 
+def math_column(path: str | Path | None) -> dict:
+    """Table 4's math column: the gsm8k stage's cells on our test split by setting, or why missing."""
+    if path is None or not Path(path).exists():
+        return {"missing": f"no math results ({path or 'none given'}): the gsm8k stage writes them"}
+    results = json.loads(Path(path).read_text())
+    return {"source": str(path), "cells": math_scoring.table4_cells(results), "models": results["models"]}
+
+
 def run(cfg: GenerateConfig, corpus_dir: str | Path, pretrain_dir: str | Path, out_dir: str | Path,
-        tracker: Tracker, finetune_dir: str | Path | None = None) -> dict[str, float]:
+        tracker: Tracker, finetune_dir: str | Path | None = None, math_results: str | Path | None = None) -> dict[str, float]:
     started = time.perf_counter()
     check_device(cfg.device, "generate.device")
     if cfg.threads:
@@ -269,7 +277,7 @@ def run(cfg: GenerateConfig, corpus_dir: str | Path, pretrain_dir: str | Path, o
     texts = frontier.decode_samples(settings + finetuned, prompts, first.tokenizer)
     judged = frontier.judge_samples(texts, cfg.judge, cfg.judge_batch)
     results = {"config": dataclasses.asdict(cfg), "prompts": prompts, "settings": settings, "finetuned": finetuned,
-               "judged": judged,
+               "judged": judged, "math": math_column(math_results),
                "pairs": frontier.pair_readings(cfg, settings, judged), "seconds": time.perf_counter() - started}
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "results.json", results)
@@ -284,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     def run_cli(cfg: GenerateConfig, args, tracker: Tracker) -> dict[str, float]:
-        return run(cfg, args.corpus, args.models, args.out, tracker, args.finetuned)
+        return run(cfg, args.corpus, args.models, args.out, tracker, args.finetuned, args.math)
 
     def summary(m: dict[str, float]) -> str:
         pairs = sorted({k.split("/")[1] for k in m if k.startswith("pair/")})
@@ -295,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "--corpus": ("data/corpus", "corpus folder (val.jsonl: the prompts' documents)"),
         "--models": ("models/pretrain", "pretrain artifacts, <group>/<size>"),
         "--finetuned": ("models/finetune", "fine-tuned artifacts (Table 3's sft_mdm, sft_mdm_cfg)"),
+        "--math": ("reports/gsm8k/results.json", "the gsm8k stage's results (Table 4's math column)"),
         "--out": ("reports/generate", "report folder")}, run_cli, argv, summary)
 
 

@@ -30,7 +30,7 @@ from pipeline_steps.core.stage_cli import run_stage
 from pipeline_steps.core.tracking import Tracker
 from pipeline_steps.data.task_sources.reversal import load_folder
 from pipeline_steps.scoring import reversal_scoring as rs
-from pipeline_steps.scoring.evaluator import LoadedModel, check_device, load_model, split_request
+from pipeline_steps.scoring.evaluator import LoadedModel, check_device, load_finetuned_pair, split_request
 
 
 @dataclass(frozen=True)
@@ -69,18 +69,6 @@ class ReversalConfig:
             raise ValueError("cfg_scales and slack must be >= 0, max_items and max_batch >= 1")
         if self.rank_candidates < 2 or not 0 <= self.min_same <= 1 or self.threads < 0:
             raise ValueError("rank_candidates must be >= 2, min_same in [0, 1], threads >= 0")
-
-
-def load_models(cfg: ReversalConfig, finetune_dir: Path) -> dict[str, LoadedModel]:
-    models = {}
-    for family, group in (("mdm", cfg.mdm), ("arm", cfg.arm)):
-        folder = finetune_dir / group
-        if not (folder / "config.json").exists():
-            raise InputError(f"reversal.{family}: {folder}: no fine-tuned model artifact; expected a finetune group")
-        models[family] = load_model(folder, cfg.device)
-        if models[family].family != family:
-            raise InputError(f"reversal.{family}: {folder} holds a {models[family].family!r} model, expected {family!r}")
-    return models
 
 
 def generate_texts(lm: LoadedModel, rows: list[dict], cfg: ReversalConfig, cfg_scale: float) -> list[str]:
@@ -162,7 +150,7 @@ def run(cfg: ReversalConfig, tasks_dir: str | Path, finetune_dir: str | Path, ou
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     files = load_folder(Path(tasks_dir) / "reversal")
-    models = load_models(cfg, Path(finetune_dir))
+    models = load_finetuned_pair("reversal", {"mdm": cfg.mdm, "arm": cfg.arm}, Path(finetune_dir), cfg.device)
     tracker.log_params({f"reversal/{k}": v for k, v in dataclasses.asdict(cfg).items()})
     results = {"config": dataclasses.asdict(cfg), **evaluate(models, files, cfg),
                "models": {f: {"group": getattr(cfg, f), "base": lm.config.get("finetuned_from", {}).get("base"),

@@ -143,6 +143,21 @@ def load_model(folder: str | Path, device: str = "cpu") -> LoadedModel:
                        str(folder))
 
 
+def load_finetuned_pair(section: str, groups: dict[str, str], finetune_dir: Path,
+                        device: str) -> dict[str, LoadedModel]:
+    """The fine-tuned artifacts a study names (`groups`: family -> finetune group), each checked to
+    hold its family; a missing or wrong one is one line naming `section.family`."""
+    models = {}
+    for family, group in groups.items():
+        folder = Path(finetune_dir) / group
+        if not (folder / "config.json").exists():
+            raise InputError(f"{section}.{family}: {folder}: no fine-tuned model artifact; expected a finetune group")
+        models[family] = load_model(folder, device)
+        if models[family].family != family:
+            raise InputError(f"{section}.{family}: {folder} holds a {models[family].family!r} model, expected {family!r}")
+    return models
+
+
 # ---------------------------------------------------------------------------------------------
 # Items -> requests.
 

@@ -19,6 +19,7 @@ matplotlib.use("Agg")  # headless stage processes and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline_steps.core.files import atomic_write_bytes, atomic_write_text  # noqa: E402
+from pipeline_steps.scoring import math_scoring  # noqa: E402
 
 ENTROPY_TOLERANCE = 0.1
 """Nats: an MDM setting at the ARM's quality also matches its samples' unigram entropy this closely."""
@@ -101,6 +102,26 @@ def _q(judged: dict, key: str) -> str:
     return f"{q['gen_ppl']:.1f} ± {q['gen_ppl_se']:.1f} | {q['entropy']:.2f}" if q else "missing (judge off) | missing"
 
 
+def _math_intro(math: dict | None) -> str:
+    if not math or "missing" in math:
+        return "Math accuracy (the verifiable column): " + (math or {}).get("missing", "missing (not run)") + "."
+    models = ", ".join(f"{m['group']} (from {m['base']})" for m in math["models"].values())
+    return ("Math accuracy (the verifiable column, reports/gsm8k): the math-fine-tuned models " + models +
+            " on our test split, at the row's sampler, steps per generated token and w ('not run' where "
+            "gsm8k.table4_* has no such setting); ± binomial standard error.")
+
+
+def _math_cell(results: dict, s: dict) -> str:
+    math = results.get("math")
+    if not math or "missing" in math:
+        return "missing"
+    if s["family"] == "mdm" and s["block_length"] is not None:
+        return "not run (blocks)"
+    spt = None if s["family"] == "arm" else s["steps"] / results["config"]["length"]
+    cell = math["cells"].get(math_scoring.table4_key(s["family"], s.get("sampler"), spt, s.get("cfg_scale", 0.0)))
+    return "not run" if cell is None else f"{100 * cell['accuracy']:.1f} ± {100 * cell['stderr']:.1f}"
+
+
 def table4(results: dict) -> str:
     judged = results["judged"]
     lines = ["# Table 4: generation quality and time, ARM vs MDM across steps", "",
@@ -109,8 +130,7 @@ def table4(results: dict) -> str:
              "generative perplexity ± standard error over samples, entropy = mean unigram entropy (nats) of "
              f"the samples' judge tokens; seconds on this machine ({results['config']['device']}, "
              f"{results['config']['threads'] or 'default'} torch threads). The no-cache ARM's rows are whole prefixes. "
-             "Math exact-answer accuracy "
-             "(the verifiable column): missing until the math study's fine-tuned models exist.", "",
+             + _math_intro(results.get("math")), "",
              "| model | setting | forward rows / sample | s / sample, batch 1 | s / sample, batch "
              f"{results['config']['batch']} | judge ppl | entropy | math accuracy |", "|---|---|---|---|---|---|---|---|",
              f"| real text | held-out continuations | - | - | - | {_q(judged, REFERENCE)} | - |"]
@@ -118,7 +138,7 @@ def table4(results: dict) -> str:
         what = ("KV cache" if s["kv_cache"] else "no cache") if s["family"] == "arm" else s["key"].split(" ", 1)[1]
         lines.append(f"| {s['model']} ({s['family'].upper()}) | {what} | {s['forward_rows_per_sample']:.0f} | "
                      f"{s['seconds_per_sample_1']:.4f} | {s['seconds_per_sample_batch']:.4f} | "
-                     f"{_q(judged, s['key'])} | missing |")
+                     f"{_q(judged, s['key'])} | {_math_cell(results, s)} |")
     lines += ["", "Reading per pair (the MDM's fastest setting within the ARM's standard error of its judge "
               f"perplexity and {ENTROPY_TOLERANCE} nats of its entropy, time over the KV-cache ARM's; the paper: 0.71):", ""]
     for name, r in results["pairs"].items():

@@ -43,8 +43,23 @@ def small(**changes) -> GenerateConfig:
     return GenerateConfig(**{**base, **changes})
 
 
+def math_results(path):
+    """A gsm8k stage's results: Table 4's math column matches its cells by sampler, steps/token and w."""
+    cell = dict(n=20, correct=0, too_long=0, answered=20, seconds_per_problem=0.1, main=False)
+    cells = [{**cell, "family": "mdm", "set": "math", "sampler": "confidence", "steps_per_token": 0.25,
+              "cfg_scale": 0.0, "accuracy": 0.5, "stderr": 0.1},
+             {**cell, "family": "mdm", "set": "gsm8k", "sampler": "confidence", "steps_per_token": 0.25,
+              "cfg_scale": 0.0, "accuracy": 0.9, "stderr": 0.01},
+             {**cell, "family": "arm", "set": "math", "sampler": "kv_cache", "steps_per_token": None,
+              "cfg_scale": 0.0, "accuracy": 0.75, "stderr": 0.05}]
+    models = {f: {"group": f"math_{f}", "base": f"{f}_ft", "context": 128, "epochs": 3} for f in ("mdm", "arm")}
+    path.write_text(json.dumps({"cells": cells, "models": models}))
+    return path
+
+
 def test_the_stage_writes_every_table_and_checks_its_exact_variants(tiny_data, pretrain_dir, tmp_path):
-    metrics = generate.run(small(), tiny_data["corpus"], pretrain_dir, tmp_path, NullTracker())
+    metrics = generate.run(small(), tiny_data["corpus"], pretrain_dir, tmp_path, NullTracker(),
+                           math_results=math_results(tmp_path / "math.json"))
     results = json.loads((tmp_path / "results.json").read_text())
     settings = results["settings"]
     mdm = [s for s in settings if s["family"] == "mdm"]
@@ -69,6 +84,13 @@ def test_the_stage_writes_every_table_and_checks_its_exact_variants(tiny_data, p
         text = (tmp_path / f"{name}.md").read_text()
         assert "missing" in text and "nan" not in text.lower()
     assert "no CFG, 16 steps" in (tmp_path / "table13.md").read_text()
+    rows = [line for line in (tmp_path / "table4.md").read_text().splitlines() if line.startswith("| ") and "(" in line]
+    math_column = {line.split(" | ")[1]: line.rsplit(" | ", 1)[1].rstrip(" |") for line in rows if "real text" not in line}
+    assert [v for k, v in math_column.items() if k.startswith("confidence steps=2 block=- w=0")] == ["50.0 ± 10.0"]
+    assert set(v for k, v in math_column.items() if "cache" in k) == {"75.0 ± 5.0"}  # with and without the cache
+    assert "90.0" not in (tmp_path / "table4.md").read_text()  # GSM8K cells are not Table 4's
+    assert {v for k, v in math_column.items() if "block=4" in k} == {"not run (blocks)"}
+    assert "math_mdm (from mdm_ft)" in (tmp_path / "table4.md").read_text() and "not run" in math_column.values()
     assert (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert all(math.isfinite(v) for v in metrics.values()) and "pair/gap/arm_seconds_1" in metrics
 
