@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 
 from pipeline_steps.core.errors import InputError
+from pipeline_steps.data.task_sources.math_problems import MARK
 
-MARK = "####"
 INSTALL = "pip install -c constraints-cpu.txt -e '.[math]'"
 
 

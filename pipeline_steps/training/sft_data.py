@@ -25,6 +25,7 @@ from pipeline_steps.core.errors import InputError
 from pipeline_steps.data.corpus_rows import read_texts
 from pipeline_steps.data.task_sources.items import encode_pair
 from pipeline_steps.data.task_sources.math_format import two_stage_rows
+from pipeline_steps.data.task_sources.math_problems import read_lines
 from pipeline_steps.data.task_sources.reversal import load_folder
 
 Row = tuple[list[int], list[int]]
@@ -40,9 +41,7 @@ def math_rows(path: Path, sp: spm.SentencePieceProcessor) -> list[Row]:
     """Both stages' rows of every `question||equations #### answer` line of `path`."""
     if not path.exists():
         raise InputError(f"{path}: missing; the tasks stage writes it (task `math`)")
-    with path.open(encoding="utf-8") as f:
-        return [row for k, line in enumerate(f, 1) if line.strip()
-                for row in two_stage_rows(sp, line.rstrip("\n"), f"{path}:{k}")]
+    return [row for where, line in read_lines(path) for row in two_stage_rows(sp, line, where)]
 
 
 def conditional_rows(corpus_dir: Path, sp: spm.SentencePieceProcessor, pairs: int, prompt_tokens: int,

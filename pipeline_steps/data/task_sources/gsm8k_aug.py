@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline_steps.core.errors import InputError
 from pipeline_steps.data.sources.hub import local_rows
-from pipeline_steps.data.task_sources.math_problems import MARK, parse_line
+from pipeline_steps.data.task_sources.math_problems import format_line, parse_line, read_lines
 
 FIELDS = ("question", "cot", "answer")
 
@@ -28,7 +28,7 @@ def line_of_row(row: dict, where: str) -> str:
         raise InputError(f"{where}: expected GSM8K-Aug fields {list(FIELDS)} (question a string, cot a string or a "
                          f"list of strings, answer a string or number), got {({k: type(v).__name__ for k, v in row.items()})}")
     equations = " ".join(cot) if isinstance(cot, list) else cot
-    line = f"{question.strip()}||{equations.strip()} {MARK} {str(answer).strip()}"
+    line = format_line(question.strip(), equations.strip(), str(answer).strip())
     parse_line(line, where)  # an empty question or answer is an error here too
     return line
 
@@ -45,12 +45,7 @@ def load(source: str, limit: int, split: str = "train") -> list[str]:
     """The first `limit` problems of `source` as `question||equations #### answer` lines."""
     path = Path(source)
     if path.exists() and path.suffix == ".txt":
-        with path.open(encoding="utf-8") as f:
-            lines = [(k, line.rstrip("\n")) for k, line in enumerate(f, 1) if line.strip()]
-        chosen = lines[:limit]
-        for k, line in chosen:
-            parse_line(line, f"{source}:{k}")
-        out = [line for _, line in chosen]
+        out = [line for _, line in read_lines(path, limit)]
     else:
         out = [line_of_row(row, f"{source}: row {k}") for k, row in enumerate(islice(_rows(source, split), limit), 1)]
     if not out:

@@ -21,6 +21,7 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline_steps.core.errors import InputError
 from pipeline_steps.data.task_sources.items import math_item
@@ -49,12 +50,16 @@ class Problem:
     """The starting quantity."""
 
     def line(self) -> str:
-        return f"{self.question}||{' '.join(self.equations)} {MARK} {self.answer}"
+        return format_line(self.question, " ".join(self.equations), self.answer)
 
     @property
     def numbers(self) -> tuple[int, ...]:
         """The numbers the question states, in order."""
         return tuple(int(n) for n in re.findall(r"\d+", self.question))
+
+
+def format_line(question: str, equations: str, answer: object) -> str:
+    return f"{question}||{equations} {MARK} {answer}"
 
 
 def parse_line(line: str, where: str) -> tuple[str, str, str]:
@@ -65,6 +70,16 @@ def parse_line(line: str, where: str) -> tuple[str, str, str]:
     if not bar or not mark or not question.strip() or not answer.strip():
         raise InputError(f"{where}: expected `question||equations {MARK} answer`, got {line.strip()!r:.80}")
     return question.strip(), equations.strip(), answer.strip()
+
+
+def read_lines(path: Path, limit: int | None = None) -> list[tuple[str, str]]:
+    """(`file:line`, line) of the first `limit` non-blank lines of `path`, each checked by parse_line."""
+    with Path(path).open(encoding="utf-8") as f:
+        lines = [(f"{path}:{k}", line.rstrip("\n")) for k, line in enumerate(f, 1) if line.strip()]
+    chosen = lines if limit is None else lines[:limit]
+    for where, line in chosen:
+        parse_line(line, where)
+    return chosen
 
 
 def _eq(a: int, op: str, b: int, result: int) -> str:
