@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from flows import dag, records
+from pipeline_steps.core.profile import profile_of
 
 # DVC's own words for what it did with a stage; anything else that exits 0 counts as `ran`.
 DVC_SAID = (("is cached - skipping run", "restored"), ("didn't change, skipping", "skipped"))
@@ -130,14 +131,6 @@ def apply_profile(root: Path, profile: str) -> None:
     code, tail = stream([sys.executable, "-m", "pipeline_steps.core.profile", profile], root, stage_env({}), run_logger())
     if code != 0:
         raise RuntimeError(f"smdm-profile {profile} exited {code}:\n" + "\n".join(tail[-20:]))
-
-
-def profile_of(params: Path) -> str:
-    """The profile that wrote params.yaml (its header line), or `params.yaml` if hand-written."""
-    first = params.read_text().splitlines()[0] if params.exists() else ""
-    if first.startswith("# Written by `smdm-profile "):
-        return first.split("`smdm-profile ")[1].split("`")[0]
-    return "params.yaml"
 
 
 def run_stages(graph: nx.DiGraph, root: Path, tracking: records.Tracking | None,

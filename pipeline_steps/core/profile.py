@@ -23,6 +23,14 @@ REPLACED_WHOLE = {"pretrain.groups", "evaluate.task_max_items", "generate.pairs"
                   "temporal.later"}
 
 
+def profile_of(params: Path) -> str:
+    """The profile that wrote params.yaml (its header line), or `params.yaml` if hand-written."""
+    first = params.read_text().splitlines()[0] if params.exists() else ""
+    if first.startswith("# Written by `smdm-profile "):
+        return first.split("`smdm-profile ")[1].split("`")[0]
+    return "params.yaml"
+
+
 def merge(base: dict[str, Any], override: dict[str, Any], where: str = "") -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
