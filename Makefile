@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt requirements-judge.txt
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[dev,eval,browser,judge,math]'
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[dev,eval,browser,judge,math,postgres]'
 	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-judge.txt
 	touch $@
 
@@ -32,8 +32,11 @@ flow: install
 stop:
 	smdm-stop
 
-# The browser test drives Debian's Chromium; install it when missing (CI runs as root).
+# The browser test drives Debian's Chromium, the MLflow-on-PostgreSQL test Debian's PostgreSQL
+# server (initdb, postgres, pg_isready under /usr/lib/postgresql/N/bin); install them when missing
+# (CI runs as root).
 test: install
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) || true
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql) || true
 	ruff check .
 	python -m pytest -m "" $(PYTEST_ARGS)
