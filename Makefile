@@ -24,6 +24,7 @@ run: install
 	smdm-profile $(PROFILE)
 	dvc repro
 	@echo "Outputs: data/ models/ runs/ reports/ metrics/ ; tracking: mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db, then http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+	@echo "Report: $(CURDIR)/reports/paper.md and $(CURDIR)/reports/paper.html"
 
 # The same DAG as a Prefect flow run: local Prefect + MLflow servers, deployment smdm/full-paper.
 flow: install

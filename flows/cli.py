@@ -23,6 +23,8 @@ from pipeline_steps.core import run_tracking
 
 DEPLOYMENT = "smdm/full-paper"
 OUTPUTS = ("reports", "metrics", "models", "runs", "data")
+REPORT = "reports/paper.md"
+"""The report stage's document (dvc.yaml), printed last by `smdm-run`."""
 
 
 @contextlib.contextmanager
@@ -129,6 +131,9 @@ def report(layout: servers.Layout, flow_run_id: str) -> None:
     print(f"Prefect UI: {layout.prefect_url}/runs/flow-run/{flow_run_id}")
     print(f"MLflow UI:  {mlflow_ui(layout)}  (parent run `smdm/<flow run name>`)")
     print(f"stop both:  smdm-stop   (or python -m flows down --root {layout.root})")
+    paper = layout.root / REPORT
+    print(f"report:     {paper} and {paper.with_suffix('.html')}" if paper.exists() else
+          f"report:     not written ({REPORT}: the `report` stage did not run)")
 
 
 def stage_configs() -> dict[str, type]:

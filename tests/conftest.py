@@ -5,6 +5,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,35 @@ def check_golden(name: str, losses: dict[str, float], rel: float) -> None:
     assert sorted(losses) == sorted(golden), f"{path}: other runs than the golden ones"
     moved = {k: (golden[k], v) for k, v in losses.items() if abs(v - golden[k]) > rel * abs(golden[k])}
     assert not moved, f"{path}: losses moved (golden, now): {moved}"
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    """Screenshots and the like: $SMDM_TEST_ARTIFACTS (CI keeps it), else a temporary folder."""
+    folder = Path(os.environ.get("SMDM_TEST_ARTIFACTS") or tmp_path_factory.mktemp("artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1400,1000")
+
+
+@pytest.fixture
+def browser():
+    """Headless Debian Chromium through selenium (skipped where chromium is absent)."""
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: apt-get install -y chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))  # no driver download
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()

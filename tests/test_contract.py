@@ -14,6 +14,7 @@ from pipeline_steps.corpus import CorpusConfig
 from pipeline_steps.evaluate import EvaluateConfig
 from pipeline_steps.generate import GenerateConfig
 from pipeline_steps.gsm8k import Gsm8kConfig
+from pipeline_steps.report import ReportConfig
 from pipeline_steps.reversal import ReversalConfig
 from pipeline_steps.scaling import ScalingConfig
 from pipeline_steps.shards import ShardsConfig
@@ -28,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "shards": ShardsConfig, "tasks": TasksConfig,
             "evaluate": EvaluateConfig, "generate": GenerateConfig,
             "pretrain": PretrainConfig, "scaling": ScalingConfig, "finetune": FinetuneConfig,
-            "gsm8k": Gsm8kConfig, "reversal": ReversalConfig, "temporal": TemporalConfig}
+            "gsm8k": Gsm8kConfig, "reversal": ReversalConfig, "temporal": TemporalConfig,
+            "report": ReportConfig}
 PROFILES = sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml"))
 CLIS = [f"pipeline_steps.{stage}" for stage in SECTIONS] + [
     "pipeline_steps.scoring.evaluator", "pipeline_steps.core.profile"]

@@ -115,8 +115,9 @@ def test_changing_one_group_reruns_only_what_depends_on_it(debug_dag):
     # evaluate, generate and temporal read the whole models/pretrain folder (Figure 3 takes grid
     # models, the debug profile's compute-gap pair takes arm_c1/33k, temporal picks its pair from the
     # grid), so they rerun too, and gsm8k after evaluate (its Table 2 takes evaluate's columns); the
-    # fine-tuning stages depend on their own bases only
-    assert ran_stages(out.stdout) == {"pretrain@arm_c1", "scaling", "evaluate", "generate", "temporal", "gsm8k"}
+    # fine-tuning stages depend on their own bases only; the report reads them all
+    assert ran_stages(out.stdout) == {"pretrain@arm_c1", "scaling", "evaluate", "generate", "temporal", "gsm8k",
+                                      "report"}
 
 
 def test_mlflow_has_a_pipeline_run_with_stage_children(debug_dag):
@@ -133,3 +134,72 @@ def test_mlflow_has_a_pipeline_run_with_stage_children(debug_dag):
     assert training and all("val/loss" in r.data.metrics for r in training)
     assert all(len(r.data.tags.get("data_hash", "")) == 64 for r in training)
     assert any("train/loss" in r.data.metrics for r in training)  # Lightning's curve
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    """The Markdown tables of `text`, each as its lines."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_the_report_has_every_table_figure_and_verdict(debug_dag):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline_steps.reporting.document import RESULTS
+    from pipeline_steps.reporting.verdicts import VERDICTS
+
+    project = debug_dag["project"]
+    paper = json.loads((project / "reports" / "paper.json").read_text())
+    markdown = (project / "reports" / "paper.md").read_text()
+    assert {c["result"] for c in paper["claims"]} == {r.name for r in RESULTS}
+    assert all(c["verdict"] in VERDICTS and c["rule"] and c["ours"] for c in paper["claims"])
+    assert not re.search(r"\bnan\b|\binf\b", markdown, re.IGNORECASE)
+    for res in RESULTS:
+        assert f"## {res.name}: {res.title}" in markdown
+        for rel in res.tables:  # each stage table is in the report whole
+            assert (project / "reports" / rel).read_text().splitlines()[-1] in markdown
+        for rel in res.figures:
+            image = plt_image(project / "reports" / "figures" / rel.replace("/", "_"))
+            assert image.shape[0] > 100 and image.shape[1] > 100
+        assert f"stage `{res.stage}`; MLflow run: [" in markdown  # a link to the stage's run
+    tables = markdown_tables(markdown)
+    assert len(tables) >= 12
+    for table in tables:  # header, separator, at least one row; every row as wide as the header
+        assert len(table) >= 3 and table[1].startswith("|---")
+        assert {row.count(" | ") for row in table[2:]} <= {table[0].count(" | ")}, table[0]
+    client = MlflowClient(tracking_uri=debug_dag["env"]["MLFLOW_TRACKING_URI"])
+    run = client.search_runs([client.get_experiment_by_name("smdm").experiment_id],
+                             filter_string="tags.smdm_stage = 'report'", order_by=["attributes.start_time DESC"])[0]
+    parent = run.data.tags["mlflow.parentRunId"]  # the pipeline run of the latest report
+    assert {a.path for a in client.list_artifacts(parent, "report")} == {"report/paper.md", "report/paper.html",
+                                                                         "report/paper.json"}
+
+
+def plt_image(path: Path):
+    import matplotlib.image
+
+    return matplotlib.image.imread(path)
+
+
+def test_the_report_renders_in_a_browser(debug_dag, browser, artifacts):
+    """The self-contained HTML in headless Chromium: every figure decoded, every table drawn."""
+    project = debug_dag["project"]
+    markdown = (project / "reports" / "paper.md").read_text()
+    browser.get((project / "reports" / "paper.html").as_uri())
+    images = browser.execute_script(
+        "return [...document.images].map(i => [i.complete, i.naturalWidth, i.src.slice(0, 22)])")
+    assert len(images) == markdown.count("![") >= 4
+    assert all(done and width > 0 and src == "data:image/png;base64" for done, width, src in images), images
+    rows = browser.execute_script("return [...document.querySelectorAll('table')].map(t => t.rows.length)")
+    assert len(rows) == len(markdown_tables(markdown)) and min(rows) >= 2
+    heights = browser.execute_script("return [...document.querySelectorAll('table')].map(t => t.offsetHeight)")
+    assert min(heights) > 0
+    browser.set_window_size(1400, min(16000, browser.execute_script("return document.body.scrollHeight") + 100))
+    assert browser.save_screenshot(str(artifacts / "paper.png"))
+    print(f"\nreport screenshot: {artifacts / 'paper.png'} ({len(images)} figures, {len(rows)} tables)")

@@ -339,3 +339,27 @@ def child_tracker(parent: Tracker, name: str, tags: dict[str, str] | None = None
     run_id = client.create_run(experiment, tags=run_tags).info.run_id
     with _run_status(client, run_id):
         yield MlflowTracker(client, run_id)
+
+
+def parent_tracker(tracker: Tracker) -> Tracker | None:
+    """A tracker on the pipeline run above a stage's run (None without tracking or a parent)."""
+    if not isinstance(tracker, MlflowTracker):
+        return None
+    parent = tracker.client.get_run(tracker.run_id).data.tags.get("mlflow.parentRunId")
+    return MlflowTracker(tracker.client, parent) if parent else None
+
+
+def stage_run_links(ui: str) -> dict[str, str]:
+    """Per stage, a Markdown link to its latest run in the MLflow UI (a tracking server's own
+    address when the store is one, else `ui`), with the run's state."""
+    client = open_client()
+    experiment = experiment_id(client)
+    base = client.tracking_uri if client.tracking_uri.startswith("http") else ui
+    links: dict[str, str] = {}
+    for run in client.search_runs([experiment], filter_string="tags.smdm_kind = 'stage'",
+                                  order_by=["attributes.start_time DESC"], max_results=500):
+        stage = run.data.tags.get("smdm_stage", "")
+        if stage and stage not in links:
+            url = f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run.info.run_id}?{UI_VIEW}"
+            links[stage] = f"[{run.info.run_id[:12]}]({url}) ({run.info.status})"
+    return links

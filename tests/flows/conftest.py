@@ -6,14 +6,12 @@ temporary folder, on free ports of 127.0.0.1; it stops them by PID afterwards.
 """
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -69,11 +67,3 @@ def up_run(stack) -> UpRun:
     match = re.search(r"-> flow run ([0-9a-f-]{36})", output)
     assert match, output
     return UpRun(match.group(1), output, seconds, done.returncode)
-
-
-@pytest.fixture(scope="session")
-def artifacts(tmp_path_factory) -> Path:
-    """Screenshots and the like: $SMDM_TEST_ARTIFACTS (CI keeps it), else a temporary folder."""
-    folder = Path(os.environ.get("SMDM_TEST_ARTIFACTS") or tmp_path_factory.mktemp("artifacts"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

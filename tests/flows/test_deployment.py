@@ -21,6 +21,7 @@ def test_one_command_runs_the_whole_dag(stack, up_run):
     assert f"Prefect UI: {stack.prefect_url}/runs/flow-run/{up_run.flow_run_id}" in up_run.output
     assert f"MLflow UI:  {stack.mlflow_url}" in up_run.output
     assert str(stack.root / "metrics") in up_run.output
+    assert "report:     not written (reports/paper.md: the `report` stage did not run)" in up_run.output  # toy DAG
     runs = task_runs(up_run.flow_run_id)
     nodes, edges = dvc_dag(stack.root)
     assert set(runs) == nodes == set(STAGES)  # one task per stage

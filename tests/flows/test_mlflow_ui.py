@@ -3,8 +3,6 @@ chromium + chromium-driver) driven by selenium, screenshots kept under the artif
 from __future__ import annotations
 
 import re
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -12,29 +10,6 @@ from tests.flows import mlflow_api
 from tests.flows.toy_repo import REPORT_SCORE, STAGES
 
 pytestmark = pytest.mark.slow
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1400,1000")
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium: apt-get install -y chromium chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))  # no driver download
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-
-
 def wait_for_text(driver, *texts: str, timeout: float = 60) -> str:
     """The page's visible text once it shows every one of `texts` (the UI renders late)."""
     from selenium.webdriver.support.ui import WebDriverWait
