@@ -28,6 +28,9 @@ def _cell(cell: dict[str, Any] | None) -> Estimate | None:
 
 # ---- Figures 1-2: the IsoFLOP analysis (stage scaling) ----
 
+EDGES = ("; inconclusive while a family has fewer than 2 interior minima (its L* and N* are then the edge "
+         "of the sizes trained, not measurements)")
+
 def scaling(results: Results, sigmas: float) -> list[Claim]:
     claims = ("Each IsoFLOP curve has its minimum inside the sizes trained, for both families",
               "The MDM needs more compute than the ARM for the same loss (about 16x)",
@@ -35,10 +38,11 @@ def scaling(results: Results, sigmas: float) -> list[Claim]:
               "The optimal loss L*(C) falls as a power of compute for both families")
     rules = ("holds if every budget of both families has an interior minimum, fails if a family has none, "
              "else inconclusive",
-             "the scaling stage's bootstrap interval of the compute gap: holds if wholly above 1, fails if wholly below",
-             "bootstrap interval of N*_MDM / N*_ARM: holds if wholly below 1, fails if wholly above; inconclusive "
-             "when a family has fewer than 2 interior minima (its size law is an edge, not a measurement)",
-             "bootstrap intervals of both loss exponents: holds if both wholly below 0, fails if one is wholly above")
+             "the scaling stage's bootstrap interval of the compute gap: holds if wholly above 1, fails if wholly "
+             "below" + EDGES,
+             "bootstrap interval of N*_MDM / N*_ARM: holds if wholly below 1, fails if wholly above" + EDGES,
+             "bootstrap intervals of both loss exponents: holds if both wholly below 0, fails if one is wholly "
+             "above; inconclusive for a family fitted through two budgets only (no interval)" + EDGES)
     results_of = ("Figure 1", "Figure 2", "Figure 2", "Figure 2")
     if (r := results.get("scaling")) is None:
         return [v.missing(res, c, rule, "no results from stage `scaling`") for res, c, rule in zip(results_of, claims, rules)]
@@ -55,30 +59,34 @@ def scaling(results: Results, sigmas: float) -> list[Claim]:
     else:
         verdict, why = v.INCONCLUSIVE, "some budgets have their vertex at an edge: add sizes"
     out = [Claim("Figure 1", claims[0], shown, rules[0], verdict, why)]
+    thin = [f.upper() for f in sorted(fams) if interior[f] < 2]
+    edges = f"; but {' and '.join(thin)}: fewer than 2 interior minima" if thin else ""
+
+    def at_edges(verdict: str, why: str) -> tuple[str, str]:
+        return (v.INCONCLUSIVE, why + edges) if thin and verdict in (v.HOLDS, v.FAILS) else (verdict, why)
+
     gap = r.get("compute_gap")
     if gap is None:
         out.append(v.missing("Figure 2", claims[1], rules[1], "no compute gap (a family or its loss law missing)"))
     else:
-        verdict, why = v.interval(gap, r["compute_gap_interval"], 1.0, True, "compute gap")
+        verdict, why = at_edges(*v.interval(gap, r["compute_gap_interval"], 1.0, True, "compute gap"))
         out.append(Claim("Figure 2", claims[1], f"{gap:.1f}x (paper about 16x)", rules[1], verdict, why))
     ratio = r.get("optimal_size_ratio")
     if ratio is None:
         out.append(v.missing("Figure 2", claims[2], rules[2], "no size law for a family"))
     else:
-        verdict, why = v.interval(ratio, r["optimal_size_ratio_interval"], 1.0, False, "N*_MDM / N*_ARM")
-        thin = [f.upper() for f in fams if interior[f] < 2]
-        if thin and verdict != v.MISSING:
-            verdict, why = v.INCONCLUSIVE, f"{why}; but {' and '.join(thin)}: fewer than 2 interior minima"
+        verdict, why = at_edges(*v.interval(ratio, r["optimal_size_ratio_interval"], 1.0, False, "N*_MDM / N*_ARM"))
         out.append(Claim("Figure 2", claims[2], f"{ratio:.2f} (paper 114M/217M = 0.53 at 1e19)", rules[2], verdict, why))
     parts = {f: (v.INCONCLUSIVE, f"{f.upper()} exponent {fams[f]['loss_exponent']:.3g}: no interval "
                  f"({fams[f].get('interval_note') or 'too few budgets'})") if fams[f].get("interval_degenerate")
              else v.interval(fams[f]["loss_exponent"], fams[f]["loss_exponent_interval"], 0.0, False,
                              f"{f.upper()} exponent") for f in sorted(fams)}
     states = {p[0] for p in parts.values()}
-    verdict = v.FAILS if v.FAILS in states else v.HOLDS if states == {v.HOLDS} else v.INCONCLUSIVE
+    verdict, why = at_edges(v.FAILS if v.FAILS in states else v.HOLDS if states == {v.HOLDS} else v.INCONCLUSIVE,
+                            "; ".join(p[1] for p in parts.values()))
     ours = ", ".join(f"{f.upper()} L* = {fams[f]['loss_coefficient']:.3g} C^{fams[f]['loss_exponent']:.3f}"
                      for f in sorted(fams))
-    out.append(Claim("Figure 2", claims[3], ours, rules[3], verdict, "; ".join(p[1] for p in parts.values())))
+    out.append(Claim("Figure 2", claims[3], ours, rules[3], verdict, why))
     return out
 
 

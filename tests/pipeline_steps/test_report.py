@@ -95,3 +95,25 @@ def test_the_html_carries_its_figures_and_tables(tmp_path):
     assert out["html"].count('src="data:image/png;base64,') == 1 and 'src="figures/' not in out["html"]
     separators = [line for line in out["md"].splitlines() if line.startswith("|---")]
     assert out["html"].count("<table>") == len(separators) >= 2  # every Markdown table became one
+
+
+def scaling_results(mdm_interior: list[bool]) -> dict:
+    def family(interior: list[bool], exponent: float) -> dict:
+        return {"minima": [{"interior": k} for k in interior], "interval_degenerate": False, "interval_note": None,
+                "loss_coefficient": 40.0, "loss_exponent": exponent, "loss_exponent_interval": [exponent - 0.01, exponent + 0.01],
+                "size_coefficient": 1.0, "size_exponent": 0.5}
+    return {"families": {"arm": family([True, True, True], -0.07), "mdm": family(mdm_interior, -0.06)},
+            "compute_gap": 12.0, "compute_gap_interval": [8.0, 20.0],
+            "optimal_size_ratio": 0.5, "optimal_size_ratio_interval": [0.3, 0.8]}
+
+
+def test_the_scaling_verdicts_need_interior_minima():
+    from pipeline_steps.reporting.claims import scaling
+
+    measured = {c.claim: c.verdict for c in scaling({"scaling": scaling_results([True, True, True])}, 3.0)}
+    assert list(measured.values()) == [v.HOLDS] * 4  # minima inside, gap > 1, ratio < 1, exponents < 0
+    edges = scaling({"scaling": scaling_results([False, False, True])}, 3.0)
+    assert [c.verdict for c in edges] == [v.INCONCLUSIVE] * 4  # one MDM minimum: its L* and N* are edges
+    assert "but MDM: fewer than 2 interior minima" in edges[1].why
+    none = scaling({"scaling": scaling_results([False, False, False])}, 3.0)
+    assert none[0].verdict == v.FAILS and none[0].ours == "ARM 3 of 3 budgets interior, MDM 0 of 3 budgets interior"
