@@ -193,7 +193,7 @@ def test_the_report_renders_in_a_browser(debug_dag, browser, artifacts):
     markdown = (project / "reports" / "paper.md").read_text()
     browser.get((project / "reports" / "paper.html").as_uri())
     images = browser.execute_script(
-        "return [...document.images].map(i => [i.complete, i.naturalWidth, i.src.slice(0, 22)])")
+        "return [...document.images].map(i => [i.complete, i.naturalWidth, i.src.slice(0, 21)])")
     assert len(images) == markdown.count("![") >= 4
     assert all(done and width > 0 and src == "data:image/png;base64" for done, width, src in images), images
     rows = browser.execute_script("return [...document.querySelectorAll('table')].map(t => t.rows.length)")
