@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,17 @@ def data_hashes(lock: Path) -> dict[str, str]:
     return out
 
 
+def changed_files(root: Path) -> str:
+    """Tracked files that differ from the commit (a fresh run's dvc.lock is one): named, so that a
+    reader can tell a new lock file from changed code."""
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                         text=True).stdout
+    return ", ".join(line[3:] for line in out.splitlines())
+
+
 def provenance(params: Path, lock: Path, runs: dict[str, str] | None) -> dict[str, Any]:
-    return {"profile": profile_of(params), **git_state(params.parent),
+    root = params.resolve().parent
+    return {"profile": profile_of(params), **git_state(root), "changed": changed_files(root),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "data": data_hashes(lock), "runs": runs or {}}
 

@@ -173,7 +173,7 @@ def render(results: c.Results, reports: Path, figures_rel: str, provenance: dict
     runs = provenance.get("runs", {})
     lines = ["# Scaling up Masked Diffusion Models on Text: this run beside the paper", "",
              f"Profile **{provenance['profile']}**, git commit `{provenance['git_commit']}`"
-             f"{' (uncommitted changes)' if provenance.get('git_dirty') == 'true' else ''}, written "
+             f"{' (uncommitted changes: ' + provenance['changed'] + ')' if provenance.get('changed') else ''}, written "
              f"{provenance['date']}. Paper values come from PAPER.md only; a cell it does not carry reads "
              f"\"{NOT_IN_PAPER}\".", "",
              "Verdicts: " + ", ".join(f"{counts[v]} {v}" for v in VERDICTS) +
